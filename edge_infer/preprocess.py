@@ -1,0 +1,473 @@
+"""Turn a real-world image of one digit into a 28x28 MNIST-style array.
+
+MNIST itself was made like this: binary NIST digits were scaled to fit a 20x20
+box (keeping the aspect ratio, anti-aliased, hence grey levels), then placed in
+a 28x28 field so that their centre of mass sits at the centre. The functions
+below redo that for photos, scans, drawings and rendered fonts:
+
+    load_image  decode, first frame, EXIF orientation, early downscale to <= 512 px
+    to_grey     any PIL mode -> float grey, transparency flattened
+    to_mnist    polarity + background removal, crop, thicken thin strokes, fit 20x20,
+                centre of mass to the centre of 28x28
+
+Only numpy, Pillow and the standard library are used, and everything is pure.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+__all__ = ["ImageError", "ImageInput", "MAX_PIXELS", "load_image", "to_grey", "to_mnist", "preprocess"]
+
+ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
+
+MAX_PIXELS = 40_000_000  # refuse anything larger before decoding: ~a 7000x6000 photo is already generous
+WORK_SIZE = 512          # longest side we compute on; a digit filling 1/8 of the frame keeps ~60 px
+BOX, CANVAS = 20, 28     # MNIST: digit fits a 20x20 box inside a 28x28 field
+CENTRE = 14.0            # MNIST centre of mass, in pixel-index coordinates (measured: 14.0 +- 0.3)
+NOISE_SIGMAS = 3.5       # background residuals below this many sigmas are noise, not ink
+MIN_CONTRAST = 0.05      # ink weaker than this (on a 0..1 scale) is not a digit, e.g. a blank JPEG page
+INK_PERCENTILE = 95      # this percentile of ink maps to 1.0 (MNIST stroke cores are saturated)
+STRONG_INK = 0.25        # pixels at least this inky decide the crop on large images
+THIN_W20 = 0.7           # strokes thinner than this at the 20 px scale get thickened (MNIST's thinnest: 0.81)
+TARGET_W20 = 2.2         # ... up to about this width (MNIST: median 2.5, lower quartile 2.1)
+THICKEN_SIZE = 4 * BOX   # intermediate resolution at which thin strokes are thickened
+
+
+class ImageError(ValueError):
+    """A one-line, user-facing reason an input can't be read as an image."""
+
+
+# -----------------------------------------------------------------------------
+# loading
+
+
+def load_image(image: ImageInput) -> Image.Image:
+    """Decode a path, file bytes, PIL image or numpy array into a (small enough) PIL image.
+
+    Takes the first frame of animations, applies EXIF orientation and shrinks huge
+    images so the longest side is at most WORK_SIZE. Raises ImageError on bad input.
+    """
+    if isinstance(image, np.ndarray):
+        img = _from_array(image)
+    elif isinstance(image, Image.Image):
+        _check_size(image.size)
+        try:
+            image.load()  # lazily opened images may still be truncated
+        except (OSError, SyntaxError, ValueError, EOFError) as e:
+            raise ImageError(f"image data is truncated or corrupt ({_one_line(e)})") from None
+        img = image
+    elif isinstance(image, (bytes, bytearray, memoryview)):
+        if len(image) == 0:
+            raise ImageError("empty file")
+        img = _decode(io.BytesIO(bytes(image)), "image bytes")
+    elif isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        if not os.path.exists(path):
+            raise ImageError(f"file not found: {path}")
+        if not os.path.isfile(path):
+            raise ImageError(f"not a file: {path}")
+        if os.path.getsize(path) == 0:
+            raise ImageError(f"empty file: {path}")
+        with open(path, "rb") as f:
+            img = _decode(f, path)
+    else:
+        kind = type(image).__name__
+        raise ImageError(f"unsupported input type {kind}; expected a path, bytes, PIL image or numpy array")
+
+    if img.width == 0 or img.height == 0:
+        raise ImageError(f"image has no pixels ({img.width}x{img.height})")
+    img = ImageOps.exif_transpose(img)  # returns a copy, so the caller's image is never modified
+    if max(img.size) > WORK_SIZE:
+        img = _shrink(img)
+    return img
+
+
+def _decode(fp, name: str) -> Image.Image:
+    """Open, size-check and fully decode one image file; every failure becomes ImageError."""
+    try:
+        with warnings.catch_warnings():
+            # PIL only warns between its own limit and twice it; make that an error locally
+            # instead of touching the global Image.MAX_IMAGE_PIXELS.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(fp) as img:
+                _check_size(img.size)  # header only: nothing decoded yet
+                if img.format == "JPEG" and max(img.size) > WORK_SIZE:
+                    # decode straight to grey at 1/2, 1/4 or 1/8 scale (still >= WORK_SIZE): far cheaper
+                    img.draft("L" if img.mode in ("L", "RGB") else None, (WORK_SIZE, WORK_SIZE))
+                img.seek(0)  # first frame of animations
+                img.load()   # force the full decode here so truncation is caught here
+                return img.copy()  # detach from the file, which the caller closes
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"image is too large to decode safely: {name}") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"not an image (unrecognised format): {name}") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError) as e:
+        raise ImageError(f"image data is truncated or corrupt: {name} ({_one_line(e)})") from None
+
+
+def _check_size(size: tuple[int, int]) -> None:
+    w, h = size
+    if w * h > MAX_PIXELS:
+        raise ImageError(f"image too large ({w}x{h} pixels, limit {MAX_PIXELS:,})")
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _from_array(a: np.ndarray) -> Image.Image:
+    """Wrap an HxW or HxWxC (C in 1,3,4) array as a PIL image, keeping 16-bit and float precision."""
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
+        raise ImageError(f"array must be HxW or HxWxC with C in 1, 3, 4; got shape {a.shape}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ImageError(f"image has no pixels (array shape {a.shape})")
+    _check_size((a.shape[1], a.shape[0]))
+    if a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    elif np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all():
+            raise ImageError("array contains NaN or infinite values")
+        a = np.clip(a, 0.0, 1.0)  # documented range; clipping beats guessing a scale
+        if a.ndim == 2:
+            return Image.fromarray(a.astype(np.float32))  # mode "F": keeps full precision
+        a = np.round(a * 255).astype(np.uint8)
+    elif np.issubdtype(a.dtype, np.integer):
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0 or hi > 65535:
+            raise ImageError(f"integer array values must lie in 0..65535; got {lo}..{hi}")
+        if a.dtype != np.uint8 and (a.dtype == np.uint16 or hi > 255):
+            if a.ndim == 2:
+                return Image.fromarray(a.astype(np.uint16))  # mode "I;16"
+            a = np.round(a / 257.0).astype(np.uint8)  # PIL has no 16-bit colour mode
+        a = a.astype(np.uint8)
+    else:
+        raise ImageError(f"unsupported array dtype {a.dtype}; use uint8, uint16, bool or float in [0, 1]")
+    return Image.fromarray(np.ascontiguousarray(a))  # mode L, RGB or RGBA from the shape
+
+
+def _shrink(img: Image.Image) -> Image.Image:
+    """Make the longest side <= WORK_SIZE with area averaging (keeps thin strokes' ink mass)."""
+    if "transparency" in img.info or img.mode in ("PA", "La", "RGBa"):
+        img = img.convert("RGBA")  # colour-key or palette transparency can't be averaged; alpha can
+    elif img.mode in ("1", "P"):
+        img = img.convert("L" if img.mode == "1" else "RGB")  # nor can bits or palette indices
+    elif img.mode.startswith("I"):
+        img = Image.fromarray(to_grey(img))  # 16/32-bit integers: resize as float, keeping precision
+    elif img.mode not in ("L", "LA", "RGB", "RGBA", "F"):
+        img = img.convert("RGB")  # CMYK, YCbCr, LAB, HSV
+    scale = WORK_SIZE / max(img.size)
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    factor = int(1 / scale)
+    if factor >= 2 and img.mode != "F":
+        img = img.reduce(factor)  # fast integer box reduction first (alpha-premultiplied, like resize)
+    return img.resize(size, Image.Resampling.BOX)
+
+
+# -----------------------------------------------------------------------------
+# grey conversion
+
+
+def to_grey(img: Image.Image) -> np.ndarray:
+    """Return a float32 HxW array in [0, 1] (1.0 = white), flattening any transparency."""
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        return np.asarray(img).astype(np.float32) / 65535.0  # the full 16-bit range, not clipped at 255
+    if mode == "I":
+        a = np.asarray(img).astype(np.float32)
+        return np.clip(a / (65535.0 if a.max() > 255 else 255.0), 0.0, 1.0)  # 16-bit PNGs open as "I"
+    if mode == "F":  # expected in [0, 1]; floats on a 0..255 scale are recognised and rescaled
+        a = np.nan_to_num(np.asarray(img, dtype=np.float32))
+        return np.clip(a / 255.0 if a.max() > 1.0 else a, 0.0, 1.0)
+
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info) \
+        or (mode in ("L", "RGB") and "transparency" in img.info)
+    if not has_alpha:
+        if mode not in ("1", "L", "P", "RGB"):
+            img = img.convert("RGB")  # CMYK, YCbCr, LAB, HSV -> RGB first
+        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+
+    rgba = img.convert("RGBA")
+    grey = np.asarray(rgba.convert("RGB").convert("L"), dtype=np.float32) / 255.0
+    alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255.0
+    return _flatten_alpha(grey, alpha)
+
+
+def _flatten_alpha(grey: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Composite onto white or black, whichever contrasts with the opaque pixels.
+
+    Drawings often have black (or white) strokes on a fully transparent background whose
+    hidden colour is arbitrary (often (0,0,0,0)); a fixed white or black background would
+    erase one of the two cases.
+    """
+    if alpha.min() >= 1.0 - 0.5 / 255:
+        return grey  # fully opaque: alpha carries no information
+    total = float(alpha.sum())
+    if total == 0.0:
+        return np.ones_like(grey)  # fully transparent: nothing to see
+    ink = float((grey * alpha).sum()) / total  # alpha-weighted mean luminance of what is drawn
+    background = 1.0 if ink < 0.5 else 0.0
+    return grey * alpha + background * (1.0 - alpha)
+
+
+# -----------------------------------------------------------------------------
+# grey -> MNIST
+
+
+def to_mnist(grey: np.ndarray) -> np.ndarray:
+    """Grey image (1.0 = white, any polarity) -> float32 28x28, ink 1.0 on a 0.0 background.
+
+    Returns all zeros when no ink is found.
+    """
+    grey = np.asarray(grey, dtype=np.float32)
+    if grey.ndim != 2 or grey.size == 0:
+        raise ValueError(f"expected a non-empty 2-D grey image, got shape {grey.shape}")
+    ink = _ink_map(grey)
+    empty = np.zeros((CANVAS, CANVAS), np.float32)
+    if ink is None:
+        return empty
+    crop = _crop(ink)
+    if crop is None:
+        return empty
+    box = _fit_box(crop)
+    if box.sum() <= 0:
+        return empty
+    return _centre(box)
+
+
+def preprocess(image: ImageInput) -> np.ndarray:
+    """Any image of one digit -> float32 [28, 28] in [0, 1], bright ink on black (zeros if no digit)."""
+    return to_mnist(to_grey(load_image(image)))
+
+
+def _ink_map(g: np.ndarray) -> np.ndarray | None:
+    """Polarity + background removal: return ink in [0, 1] (1 = full ink), or None if there is none.
+
+    The background (paper and its lighting) is a smooth surface fitted robustly to the
+    pixels that are not ink; ink is whatever sticks out of it. Which side it sticks out
+    on decides the polarity, which is more reliable than comparing a border to the whole
+    image when the lighting falls off towards the border.
+    """
+    surface, sigma = _fit_background(g)
+    r = g - surface
+    tol = NOISE_SIGMAS * sigma + 1e-4
+    brighter = np.clip(r - tol, 0.0, None).sum()
+    darker = np.clip(-r - tol, 0.0, None).sum()
+    if darker > brighter:  # dark pen on paper -> invert
+        ink = np.clip(-r - NOISE_SIGMAS * sigma, 0.0, None)  # noise floor; exactly 0 for clean images
+        # Pen on paper reflects a fraction of the light that falls on it, so in shadow its
+        # contrast shrinks with the paper's brightness: divide that out (relative to the
+        # typical paper level, to keep the units).
+        paper = np.maximum(surface, 0.05)
+        ink = ink * (float(np.median(paper)) / paper)
+    else:  # light ink on a dark background (MNIST, chalk, screens): additive
+        ink = np.clip(r - NOISE_SIGMAS * sigma, 0.0, None)
+
+    inky = ink[ink > 0]
+    if inky.size == 0:
+        return None
+    level = float(np.percentile(inky, INK_PERCENTILE))
+    if level < max(MIN_CONTRAST, 3.0 * sigma):  # a few noise specks are not a digit
+        return None
+    return np.clip(ink / level, 0.0, 1.0)
+
+
+def _fit_background(g: np.ndarray) -> tuple[np.ndarray, float]:
+    """Robustly fit a smooth surface to the background; return it and the noise sigma around it.
+
+    Works on a strided (not averaged, so the noise level stays true) sample of <= ~96x96
+    pixels. Starts from the border ring, which is mostly background, then alternates
+    least squares with rejecting pixels more than 3 sigma away on either side (ink).
+    Small images get a plane, larger ones a quadratic (vignetting, curved lighting).
+    """
+    h, w = g.shape
+    step = max(1, -(-max(h, w) // 96))
+    s = g[::step, ::step]
+    yy = np.linspace(-1.0, 1.0, h, dtype=np.float32)[::step, None]
+    xx = np.linspace(-1.0, 1.0, w, dtype=np.float32)[None, ::step]
+    quadratic = min(h, w) >= 64
+    terms = [np.ones_like(xx), xx, yy] + ([xx * xx, xx * yy, yy * yy] if quadratic else [])
+    A = np.stack([np.broadcast_to(t, s.shape).ravel() for t in terms], axis=1)
+    v = s.ravel()
+
+    k = max(1, min(s.shape) // 20)
+    ring = np.concatenate([s[:k].ravel(), s[-k:].ravel(), s[k:-k, :k].ravel(), s[k:-k, -k:].ravel()])
+    level = np.median(ring)
+    spread = 1.4826 * np.median(np.abs(ring - level))
+    mask = np.abs(v - level) <= 3.0 * spread + 1e-3
+    coef = np.zeros(A.shape[1])
+    coef[0] = level
+    sigma = spread
+    for _ in range(5):
+        if mask.sum() < 2 * A.shape[1]:
+            break  # too little background to fit a surface; keep the last estimate
+        Am = A[mask].astype(np.float64)
+        try:  # normal equations: a 6x6 solve, much faster than lstsq's SVD for this well-scaled basis
+            coef = np.linalg.solve(Am.T @ Am, Am.T @ v[mask])
+        except np.linalg.LinAlgError:
+            coef = np.linalg.lstsq(Am, v[mask], rcond=None)[0]
+        res = v - A @ coef
+        sigma = 1.4826 * float(np.median(np.abs(res[mask])))
+        new = np.abs(res) <= 3.0 * sigma + 1e-3
+        if (new == mask).all():
+            break
+        mask = new
+
+    # evaluate the surface at full resolution (separable terms, cheap)
+    coef = coef.astype(np.float32)
+    Y = np.linspace(-1.0, 1.0, h, dtype=np.float32)[:, None]
+    X = np.linspace(-1.0, 1.0, w, dtype=np.float32)[None, :]
+    surface = coef[0] + coef[1] * X + coef[2] * Y
+    if quadratic:
+        surface = surface + coef[3] * X * X + coef[4] * X * Y + coef[5] * Y * Y
+    return np.broadcast_to(surface, g.shape), float(sigma)
+
+
+def _crop(ink: np.ndarray) -> np.ndarray | None:
+    """Crop to the digit's bounding box; on large images ignore noise specks and distant marks."""
+    h, w = ink.shape
+    if max(h, w) <= 64:  # small (MNIST-like) inputs: every grey level counts, nothing is filtered
+        rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
+        if rows.size == 0:
+            return None
+        return ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+    # drop specks: strong pixels with fewer than 2 strong neighbours (a 1 px line keeps 2)
+    strong = ink >= STRONG_INK
+    mask = strong & (_box_sum3(strong) >= 3)
+    if not mask.any():
+        return None
+    # then keep the main cluster along each axis in turn (an X-Y cut), so that dust or a
+    # stray mark elsewhere on the page doesn't stretch the box
+    r0, r1, c0, c1 = 0, h, 0, w
+    for _ in range(2):
+        a, b = _main_run(mask[r0:r1, c0:c1].sum(1))
+        r0, r1 = r0 + a, r0 + b
+        a, b = _main_run(mask[r0:r1, c0:c1].sum(0))
+        c0, c1 = c0 + a, c0 + b
+    # take the faint anti-aliased rim along too, but no empty margin
+    crop = ink[max(r0 - 2, 0) : min(r1 + 2, h), max(c0 - 2, 0) : min(c1 + 2, w)]
+    rows, cols = np.flatnonzero(crop.any(1)), np.flatnonzero(crop.any(0))
+    return crop[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+def _main_run(profile: np.ndarray) -> tuple[int, int]:
+    """[start, end) of the heaviest run of non-zero entries, grown over nearby runs.
+
+    Runs closer than half the current extent are parts of the same digit (a broken
+    stroke, a detached bar); farther ones are something else.
+    """
+    idx = np.flatnonzero(profile)
+    cut = np.flatnonzero(np.diff(idx) > 1)
+    starts, ends = idx[np.r_[0, cut + 1]], idx[np.r_[cut, idx.size - 1]] + 1
+    mass = np.array([profile[s:e].sum() for s, e in zip(starts, ends)])
+    i = j = int(mass.argmax())
+    while True:
+        extent = ends[j] - starts[i]
+        if i > 0 and starts[i] - ends[i - 1] <= extent / 2:
+            i -= 1
+        elif j < len(starts) - 1 and starts[j + 1] - ends[j] <= extent / 2:
+            j += 1
+        else:
+            return int(starts[i]), int(ends[j])
+
+
+def _box_sum3(m: np.ndarray) -> np.ndarray:
+    """Number of set pixels in each 3x3 neighbourhood (including the pixel itself)."""
+    p = np.pad(m.astype(np.uint8), 1)
+    rows = p[:-2] + p[1:-1] + p[2:]
+    return rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
+
+
+def _stroke_width(a: np.ndarray) -> float:
+    """Mean stroke width in pixels: ink area / (perimeter / 2).
+
+    The area is the ink mass, which stays right for anti-aliased hairlines whose pixels are
+    all half-grey; the perimeter is that of the >= 0.3 mask, counted in pixel edges, which
+    overestimate a true perimeter by 4/pi on average over directions.
+    """
+    m = np.pad(a >= 0.3, 1)
+    edges = (m[1:] != m[:-1]).sum() + (m[:, 1:] != m[:, :-1]).sum()
+    return 0.0 if edges == 0 else float(2.0 * a.sum() / (edges * np.pi / 4))
+
+
+def _fit_box(crop: np.ndarray) -> np.ndarray:
+    """Scale the crop to fit BOX x BOX (aspect kept, anti-aliased), thickening thin strokes."""
+    side = max(crop.shape)
+    if _stroke_width(crop) * BOX / side < THIN_W20:
+        crop = _thicken(crop)
+        side = max(crop.shape)
+    if side == BOX:
+        return crop  # already MNIST-sized (e.g. an MNIST digit): resampling would only blur it
+    scale = BOX / side
+    size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+    # BOX = area averaging when shrinking (what anti-aliasing a binary digit means, no ringing);
+    # bilinear when enlarging a tiny digit, where BOX would be blocky nearest-neighbour.
+    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+    return np.clip(_resize(crop, size, resample), 0.0, 1.0)
+
+
+def _resize(a: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
+    """Resize a float array to size = (width, height) with PIL, in float ("F") precision."""
+    return np.asarray(Image.fromarray(np.ascontiguousarray(a, dtype=np.float32)).resize(size, resample))
+
+
+def _thicken(crop: np.ndarray) -> np.ndarray:
+    """Bring thin strokes to ~TARGET_W20 at the 20 px scale, working at THICKEN_SIZE resolution.
+
+    Large crops are max-pooled down (a 1 px line survives at full strength instead of
+    being averaged into a faint hairline), small ones enlarged; then a max filter
+    widens the strokes.
+    """
+    side = max(crop.shape)
+    if side > THICKEN_SIZE:
+        f = -(-side // THICKEN_SIZE)
+        h, w = crop.shape
+        p = np.pad(crop, ((0, -h % f), (0, -w % f)))
+        crop = p.reshape(p.shape[0] // f, f, p.shape[1] // f, f).max(axis=(1, 3))
+    elif side < THICKEN_SIZE:
+        scale = THICKEN_SIZE / side
+        size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+        crop = _resize(crop, size, Image.Resampling.BILINEAR)
+    # a hairline rarely covers a whole pixel, so its pixels are grey: count half-covered
+    # ones as full ink (the strokes are about to be widened anyway)
+    crop = np.clip(2.0 * crop, 0.0, 1.0)
+    side = max(crop.shape)
+    r = int(round((TARGET_W20 * side / BOX - _stroke_width(crop)) / 2))  # a radius-r disc adds 2r
+    if r < 1:
+        return crop
+    # max filter over a disc: widens strokes equally in every direction (a square would
+    # widen diagonals by sqrt(2) more than verticals) and leaves pen-like round ends
+    radius = r + 0.5
+    p = np.pad(crop, r)  # room for the strokes to grow past the old border
+    out = p.copy()
+    h, w = crop.shape
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            if (dy or dx) and dy * dy + dx * dx <= radius * radius:
+                view = out[r + dy : r + dy + h, r + dx : r + dx + w]
+                np.maximum(view, crop, out=view)  # stamp the crop shifted by (dy, dx)
+    return out
+
+
+def _centre(box: np.ndarray) -> np.ndarray:
+    """Place the box in a 28x28 canvas with its centre of mass at (14, 14), by an integer shift."""
+    h, w = box.shape
+    mass = box.sum()
+    cy = float((box.sum(1) * np.arange(h)).sum() / mass)
+    cx = float((box.sum(0) * np.arange(w)).sum() / mass)
+    # round half up, then keep the whole digit inside the canvas
+    top = min(max(int(np.floor(CENTRE - cy + 0.5)), 0), CANVAS - h)
+    left = min(max(int(np.floor(CENTRE - cx + 0.5)), 0), CANVAS - w)
+    out = np.zeros((CANVAS, CANVAS), np.float32)
+    out[top : top + h, left : left + w] = box
+    return out

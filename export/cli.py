@@ -1,0 +1,42 @@
+"""edge-export: a thin command-line shell over export.export."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from export.graph import FORMS, OPSET
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"edge-export: error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="fp32 model to write.")
+@click.option("--int8", "int8_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write a dynamically quantized int8 model here.")
+@click.option("--opset", type=int, default=OPSET, show_default=True)
+@click.option("--form", type=click.Choice(FORMS), default="matmul", show_default=True,
+              help="fp32 graph form: 'matmul' (hoisted input projection + Gemm per step) or one ONNX RNN/GRU/LSTM node.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data"), show_default=True,
+              help="MNIST for the parity and accuracy checks (torchvision layout: DIR/MNIST/raw/).")
+@click.option("--no-download", is_flag=True, help="Never download MNIST; fail if it is missing.")
+def main(checkpoint, out, int8_out, opset, form, data_dir, no_download) -> None:
+    """Export an edge-train CHECKPOINT to ONNX, after checking parity with torch on real MNIST images."""
+    from export.export import CheckpointError, ExportError, export
+    from train.data import DataError, load_mnist
+
+    if not checkpoint.is_file():
+        _fail(f"no checkpoint at {checkpoint}")
+    try:
+        _, test = load_mnist(data_dir, download=not no_download)
+        report = export(checkpoint, out, test, int8_out=int8_out, opset=opset, form=form)
+    except (DataError, CheckpointError) as error:  # unusable input
+        _fail(str(error), code=2)
+    except ExportError as error:  # a check failed
+        _fail(str(error), code=1)
+    click.echo(report.summary())

@@ -1,0 +1,190 @@
+"""ONNX graphs for the digit classifier, built node by node from a trained state_dict.
+
+The recurrence always runs time-major: input `rows` is float32 [28, N, 28] (time, batch, pixels), output
+`logits` is [N, 10], with N dynamic. We build the graph ourselves instead of tracing torch: the graph is
+lean (short names, every constant once), never touches the batch_first path that old exporters rejected,
+and takes the form we choose:
+
+  "matmul" (default)  the input projection of all 28 steps hoisted into one Gemm, then one Gemm(+Relu) per
+                      step for the recurrence. Fastest here at every batch size, and `gemm=False` writes
+                      MatMul+Add instead, which onnxruntime's dynamic quantizer turns into int8 MatMulInteger
+                      for the recurrent weights too.
+  "node"              one ONNX RNN / GRU / LSTM node per layer (the textbook export; kept for comparison).
+
+Gate orders differ: torch GRU is (r, z, n), ONNX GRU (z, r, h); torch LSTM is (i, f, g, o), ONNX LSTM
+(i, o, f, c). Parity with torch is checked by export.export, never assumed.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+FORMS = ("matmul", "node")
+INPUT, OUTPUT = "rows", "logits"
+STEPS, PIXELS, CLASSES = 28, 28, 10
+OPSET = 17  # the default; the exporter pins it and the matching IR version
+
+
+class _Graph:
+    """A tiny builder: unique short names, initializers stored once."""
+
+    def __init__(self, opset: int) -> None:
+        self.opset = opset
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: dict[str, onnx.TensorProto] = {}
+        self._count = 0
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        if name not in self.initializers:
+            self.initializers[name] = numpy_helper.from_array(np.ascontiguousarray(value), name)
+        return name
+
+    def op(self, op_type: str, inputs: list[str], n_out: int = 1, **attrs) -> str | list[str]:
+        self._count += 1
+        outputs = [f"t{self._count}" if n_out == 1 else f"t{self._count}_{i}" for i in range(n_out)]
+        if op_type == "Split" and len(inputs) == 1 and self.opset >= 18:
+            attrs["num_outputs"] = n_out  # opset 18 made the equal-split count explicit
+        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=f"n{self._count}", **attrs))
+        return outputs[0] if n_out == 1 else outputs
+
+    def linear(self, x: str, weight: str, bias: str | None, gemm: bool) -> str:
+        """x @ W^T + b. Gemm is one fused node; MatMul+Add is what the dynamic quantizer reaches."""
+        if gemm:
+            return self.op("Gemm", [x, weight] + ([bias] if bias else []), transB=1)
+        y = self.op("MatMul", [x, weight])
+        return self.op("Add", [y, bias]) if bias else y
+
+
+def build_model(state: dict[str, np.ndarray], cell: str, hidden: int, layers: int, form: str = "matmul",
+                gemm: bool = True, opset: int = OPSET) -> onnx.ModelProto:
+    """An ONNX model computing the same logits as train.model.DigitRNN with these weights."""
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, not {form!r}")
+    g = _Graph(opset)
+    if form == "matmul":
+        if not gemm:  # MatMul takes W^T as stored; transpose once here, not per step
+            state = {k: (v.T.copy() if k.startswith("rnn.weight") or k == "fc.weight" else v) for k, v in state.items()}
+        seq = g.op("Reshape", [INPUT, g.const("shape_rows", np.array([-1, PIXELS], np.int64))])  # [28N, 28]
+        last = None
+        for layer in range(layers):
+            step = {"rnn": _rnn_step, "gru": _gru_step, "lstm": _lstm_step}[cell]
+            outputs = step(g, seq, state, layer, hidden, gemm)
+            last = outputs[-1]
+            if layer + 1 < layers:
+                seq = g.op("Concat", outputs, axis=0)  # [28N, H]: the next layer's input sequence
+        final = last
+    else:
+        seq = INPUT
+        for layer in range(layers):
+            y, y_h = _recurrent_node(g, seq, state, cell, layer, hidden)
+            seq = g.op("Squeeze", [y, g.const("axis1", np.array([1], np.int64))])  # [28, N, H]
+        final = g.op("Squeeze", [y_h, g.const("axis0", np.array([0], np.int64))])  # [N, H]
+    logits = g.linear(final, g.const("Wo", state["fc.weight"]), g.const("bo", state["fc.bias"]), gemm)
+    g.nodes[-1].output[0] = OUTPUT  # the last node (Gemm, or MatMul's Add) produces the logits
+    graph = helper.make_graph(
+        g.nodes, "digit_rnn",
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [STEPS, "N", PIXELS])],
+        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", CLASSES])],
+        list(g.initializers.values()))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="edge-infer")
+    return model
+
+
+def _weights(g: _Graph, state: dict[str, np.ndarray], layer: int, gates: int, hidden: int,
+             fold_hh_bias: slice | None) -> tuple[str, str, np.ndarray, np.ndarray]:
+    """Input weight + bias names, and the recurrent weight / bias arrays, for one layer.
+    fold_hh_bias: which gate rows of b_hh can be folded into the hoisted input bias (all but GRU's n gate)."""
+    w_ih, w_hh = state[f"rnn.weight_ih_l{layer}"], state[f"rnn.weight_hh_l{layer}"]
+    b_ih, b_hh = state[f"rnn.bias_ih_l{layer}"].copy(), state[f"rnn.bias_hh_l{layer}"].copy()
+    if fold_hh_bias is not None:
+        b_ih[fold_hh_bias] += b_hh[fold_hh_bias]
+    return g.const(f"Wi{layer}", w_ih), g.const(f"bi{layer}", b_ih), w_hh, b_hh
+
+
+def _hoisted_steps(g: _Graph, seq: str, w_ih: str, b_ih: str, gemm: bool) -> list[str]:
+    """The input projection of all 28 steps in one Gemm, split into 28 [N, G*H] tensors."""
+    projected = g.linear(seq, w_ih, b_ih, gemm)
+    return g.op("Split", [projected], n_out=STEPS, axis=0)
+
+
+def _rnn_step(g: _Graph, seq: str, state, layer: int, hidden: int, gemm: bool) -> list[str]:
+    w_ih, b_ih, w_hh, _ = _weights(g, state, layer, 1, hidden, fold_hh_bias=slice(None))
+    steps = _hoisted_steps(g, seq, w_ih, b_ih, gemm)
+    w_hh = g.const(f"Wh{layer}", w_hh)
+    h = g.op("Relu", [steps[0]])  # h0 = 0, so step 0 has no recurrent term
+    outputs = [h]
+    for x_t in steps[1:]:
+        if gemm:  # Gemm(h, W_hh, x_t): the step's input projection rides in as Gemm's C
+            pre = g.op("Gemm", [h, w_hh, x_t], transB=1)
+        else:
+            pre = g.op("Add", [g.op("MatMul", [h, w_hh]), x_t])
+        h = g.op("Relu", [pre])
+        outputs.append(h)
+    return outputs
+
+
+def _gru_step(g: _Graph, seq: str, state, layer: int, hidden: int, gemm: bool) -> list[str]:
+    H = hidden
+    # b_hn sits inside r * (W_hn h + b_hn), so only the r and z rows of b_hh fold into the input bias.
+    w_ih, b_ih, w_hh, b_hh = _weights(g, state, layer, 3, H, fold_hh_bias=slice(0, 2 * H))
+    steps = _hoisted_steps(g, seq, w_ih, b_ih, gemm)
+    # Gemm keeps torch's [out, in] layout (gate blocks are rows); MatMul's is transposed (blocks are columns).
+    w_hrz = g.const(f"Whrz{layer}", w_hh[: 2 * H] if gemm else w_hh[:, : 2 * H])
+    w_hn = g.const(f"Whn{layer}", w_hh[2 * H:] if gemm else w_hh[:, 2 * H:])
+    b_hn = g.const(f"bhn{layer}", b_hh[2 * H:])
+    h = None
+    outputs = []
+    for x_t in steps:
+        x_rz, x_n = g.op("Split", [x_t, g.const("split_gru", np.array([2 * H, H], np.int64))], n_out=2, axis=1)
+        if h is None:  # h0 = 0
+            rz = g.op("Sigmoid", [x_rz])
+            h_n = b_hn
+        else:
+            rz = g.op("Sigmoid", [g.op("Add", [x_rz, g.linear(h, w_hrz, None, gemm)])])
+            h_n = g.linear(h, w_hn, b_hn, gemm)
+        r, z = g.op("Split", [rz], n_out=2, axis=1)
+        n = g.op("Tanh", [g.op("Add", [x_n, g.op("Mul", [r, h_n])])])
+        # h' = (1 - z) * n + z * h  =  n + z * (h - n)
+        h = g.op("Sub", [n, g.op("Mul", [z, n])]) if h is None else g.op("Add", [n, g.op("Mul", [z, g.op("Sub", [h, n])])])
+        outputs.append(h)
+    return outputs
+
+
+def _lstm_step(g: _Graph, seq: str, state, layer: int, hidden: int, gemm: bool) -> list[str]:
+    w_ih, b_ih, w_hh, _ = _weights(g, state, layer, 4, hidden, fold_hh_bias=slice(None))
+    steps = _hoisted_steps(g, seq, w_ih, b_ih, gemm)
+    w_hh = g.const(f"Wh{layer}", w_hh)
+    h = c = None
+    outputs = []
+    for x_t in steps:
+        gates = x_t if h is None else g.op("Add", [x_t, g.linear(h, w_hh, None, gemm)])
+        i, f, cell_in, o = g.op("Split", [gates], n_out=4, axis=1)
+        i, f, o = (g.op("Sigmoid", [t]) for t in (i, f, o))
+        ig = g.op("Mul", [i, g.op("Tanh", [cell_in])])
+        c = ig if c is None else g.op("Add", [g.op("Mul", [f, c]), ig])
+        h = g.op("Mul", [o, g.op("Tanh", [c])])
+        outputs.append(h)
+    return outputs
+
+
+def _recurrent_node(g: _Graph, seq: str, state, cell: str, layer: int, hidden: int) -> tuple[str, str]:
+    H = hidden
+    w_ih, w_hh = state[f"rnn.weight_ih_l{layer}"], state[f"rnn.weight_hh_l{layer}"]
+    b_ih, b_hh = state[f"rnn.bias_ih_l{layer}"], state[f"rnn.bias_hh_l{layer}"]
+    # Reorder torch's gate blocks into ONNX's.
+    order = {"rnn": [0], "gru": [1, 0, 2], "lstm": [0, 3, 1, 2]}[cell]
+
+    def reorder(a: np.ndarray) -> np.ndarray:
+        return np.concatenate([a[k * H:(k + 1) * H] for k in order])[None]
+
+    inputs = [seq, g.const(f"W{layer}", reorder(w_ih)), g.const(f"R{layer}", reorder(w_hh)),
+              g.const(f"B{layer}", np.concatenate([reorder(b_ih), reorder(b_hh)], axis=1))]
+    attrs: dict = {"hidden_size": H}
+    if cell == "rnn":
+        attrs["activations"] = ["Relu"]
+    if cell == "gru":
+        attrs["linear_before_reset"] = 1  # torch applies r after the recurrent Linear
+    op_type = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}[cell]
+    y, y_h = g.op(op_type, inputs, n_out=2, **attrs)
+    return y, y_h

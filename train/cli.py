@@ -1,0 +1,101 @@
+"""edge-train: a thin command-line shell over train.trainer."""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+from train.model import CELLS
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"edge-train: error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--preset", type=click.Choice(["default", "seed"]), default="default", show_default=True,
+              help="Training recipe: 'seed' is the reference notebook exactly; 'default' is fast on a CPU.")
+@click.option("--cell", type=click.Choice(CELLS), default="rnn", show_default=True)
+@click.option("--hidden", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--layers", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Override the recipe's epoch count.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Override the recipe's learning rate.")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Override the recipe's batch size.")
+@click.option("--augment/--no-augment", default=None, help="Override the recipe's augmentation.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data"), show_default=True,
+              help="Where MNIST lives (torchvision layout: DIR/MNIST/raw/).")
+@click.option("--no-download", is_flag=True, help="Never download MNIST; fail if it is missing.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run directory (default runs/<timestamp>).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@click.option("--limit-train", type=click.IntRange(1), default=None, help="Train on the first N training images.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Makes a CPU run repeatable.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or per-epoch lines.")
+def main(preset, cell, hidden, layers, epochs, lr, batch_size, augment, data_dir, no_download, out_dir, resume,
+         limit_train, seed, device, quiet) -> None:
+    """Train the row-by-row RNN digit classifier on MNIST.
+
+    Writes checkpoint.pt, history.json and curves.png into the run directory.
+    """
+    import torch
+
+    from train.data import DataError, load_mnist
+    from train.model import ModelConfig
+    from train.trainer import PRESETS, Trainer, TrainingDiverged
+
+    if resume and out_dir is None:
+        _fail("--resume needs --out DIR (the run to continue)")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        _fail("--device cuda: no CUDA device is available")
+    out_dir = out_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    if not resume and (out_dir / "checkpoint.pt").exists():
+        _fail(f"{out_dir} already holds a run; use --resume to continue it, or another --out")
+
+    try:
+        train_split, test_split = load_mnist(data_dir, download=not no_download)
+    except DataError as error:
+        _fail(str(error))
+    if limit_train and not resume:
+        train_split = train_split.head(limit_train)
+
+    log = (lambda line: None) if quiet else click.echo
+    try:
+        if resume:
+            trainer = Trainer.resume(out_dir, train_split, test_split, device=device, limit_train=limit_train,
+                                     log=log, progress_bar=not quiet)
+        else:
+            recipe = PRESETS[preset]
+            overrides = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "augment": augment}
+            recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
+            trainer = Trainer(out_dir, ModelConfig(cell, hidden, layers), recipe, train_split, test_split,
+                              seed=seed, device=device, log=log, progress_bar=not quiet)
+    except ValueError as error:
+        _fail(str(error))
+    if resume and epochs is not None:
+        if trainer.recipe.one_cycle and epochs != trainer.recipe.epochs:
+            _fail("this run's one-cycle schedule was planned for "
+                  f"{trainer.recipe.epochs} epochs; it cannot be resumed with a different --epochs")
+        trainer.recipe = replace(trainer.recipe, epochs=epochs)
+
+    log(f"training {trainer.config.cell}-{trainer.config.hidden}x{trainer.config.layers} on {len(trainer.train_split)} "
+        f"images ({device}), recipe {trainer.recipe}, into {out_dir}")
+    try:
+        history = trainer.fit()
+    except KeyboardInterrupt:
+        p = trainer.progress
+        click.echo(f"edge-train: interrupted; saved {trainer.checkpoint_path} at epoch {p.epoch + 1}, "
+                   f"batch {p.batch}; continue with: edge-train --resume --out {out_dir}", err=True)
+        sys.exit(130)
+    except TrainingDiverged as error:
+        _fail(str(error), code=1)
+    if history:
+        last = history[-1]
+        click.echo(f"done: test accuracy {last['test_acc']:.2%} after {last['epoch']} epochs, "
+                   f"{last['seconds']:.1f}s of training; checkpoint {trainer.checkpoint_path}")
