@@ -1,0 +1,3 @@
+from edge_infer.cli import main
+
+main()

@@ -1,0 +1,186 @@
+"""export/: time-major graphs, parity with torch on real MNIST, int8, metadata and bad checkpoints."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+import onnxruntime as ort  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+import export.export as exporter  # noqa: E402
+from edge_infer.model_info import ModelInfo  # noqa: E402
+from export.cli import main as edge_export  # noqa: E402
+from export.graph import build_model  # noqa: E402
+from train.model import CELLS, DigitRNN, ModelConfig  # noqa: E402
+from train.trainer import load_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, small_checkpoints, mnist) -> dict[str, tuple]:
+    """Each cell's small checkpoint exported to fp32 + int8 (the exporter runs its own checks)."""
+    out = {}
+    for cell, checkpoint in small_checkpoints.items():
+        folder = tmp_path_factory.mktemp(f"onnx-{cell}")
+        report = exporter.export(checkpoint, folder / "m.onnx", mnist[1], int8_out=folder / "m8.onnx")
+        out[cell] = (report, onnx.load(folder / "m.onnx"), onnx.load(folder / "m8.onnx"))
+    return out
+
+
+def torch_logits(checkpoint, images_uint8: np.ndarray) -> np.ndarray:
+    state = load_checkpoint(checkpoint)
+    model = DigitRNN(ModelConfig(**state["model_config"])).eval()  # as trained: batch_first
+    model.load_state_dict(state["model"])
+    with torch.no_grad():
+        return model(torch.from_numpy(images_uint8).float() / 255).numpy()
+
+
+def session(model: onnx.ModelProto) -> ort.InferenceSession:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def run_rows(sess: ort.InferenceSession, images_uint8: np.ndarray) -> np.ndarray:
+    rows = (images_uint8.astype(np.float32) / 255).transpose(1, 0, 2)  # [28, N, 28]
+    return sess.run(["logits"], {"rows": np.ascontiguousarray(rows)})[0]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_parity_with_torch_on_real_mnist(cell, exported, small_checkpoints, mnist):
+    report, fp32, _ = exported[cell]
+    images = mnist[1].images[:1000].numpy()
+    ours, theirs = run_rows(session(fp32), images), torch_logits(small_checkpoints[cell], images)
+    assert np.abs(ours - theirs).max() <= 1e-4
+    assert (ours.argmax(1) == theirs.argmax(1)).all()
+    assert report.max_abs_diff <= 1e-4 and report.agreement == 1.0 and report.parity_images >= 1000
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("batch", [1, 7, 1000])
+def test_dynamic_batch(cell, batch, exported, mnist):
+    _, fp32, int8 = exported[cell]
+    images = mnist[1].images[:batch].numpy()
+    for model in (fp32, int8):
+        assert run_rows(session(model), images).shape == (batch, 10)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_both_graph_forms_match_torch_for_deep_models(cell, mnist):
+    """Any hidden size and layer count: a random 2-layer model, MatMul form and ONNX RNN/GRU/LSTM node."""
+    torch.manual_seed(1)
+    model = DigitRNN(ModelConfig(cell, 20, 2), batch_first=False).eval()
+    weights = {k: v.numpy() for k, v in model.state_dict().items()}
+    images = mnist[1].images[:64].numpy()
+    with torch.no_grad():
+        expected = model(torch.from_numpy(images).float().div(255).transpose(0, 1)).numpy()
+    for form in ("matmul", "node"):
+        got = run_rows(session(build_model(weights, cell, 20, 2, form=form)), images)
+        assert np.abs(got - expected).max() <= 1e-5, form
+
+
+def test_graph_is_time_major(exported):
+    """The input feeds the recurrence as [time, batch, pixels]: no Transpose anywhere, and the hoisted
+    projection is split into 28 per-step tensors along axis 0 (time)."""
+    _, fp32, _ = exported["rnn"]
+    graph = fp32.graph
+    dims = graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value or d.dim_param for d in dims] == [28, "N", 28]
+    assert not any(n.op_type == "Transpose" for n in graph.node)
+    splits = [n for n in graph.node if n.op_type == "Split"]
+    assert len(splits) == 1 and len(splits[0].output) == 28
+    assert next(a.i for a in splits[0].attribute if a.name == "axis") == 0
+    node_form = build_model(_seed_weights(), "rnn", 128, 1, form="node")
+    rnn = next(n for n in node_form.graph.node if n.op_type == "RNN")
+    assert rnn.input[0] == "rows" and all(a.name != "layout" or a.i == 0 for a in rnn.attribute)
+
+
+def _seed_weights() -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in DigitRNN(ModelConfig(), batch_first=False).state_dict().items()}
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_int8_has_integer_recurrent_ops(cell, exported):
+    _, _, int8 = exported[cell]
+    integer_nodes = [n for n in int8.graph.node if n.op_type == "MatMulInteger"]
+    recurrent = [n for n in integer_nodes if n.input[1].startswith("Wh")]
+    assert recurrent, "the recurrent weights must be int8"
+    assert any(n.input[1].startswith("Wo") for n in integer_nodes)  # and the classifier
+    int8_weights = {t.name for t in int8.graph.initializer if t.data_type == onnx.TensorProto.INT8}
+    assert {n.input[1] for n in recurrent} <= int8_weights
+    # No float copy of any quantized weight is left in the file.
+    float_names = {t.name for t in int8.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    assert not {"Wi0", "Wh0", "Wo"} & float_names
+
+
+def test_int8_accuracy_and_size(exported, tmp_path, mnist):
+    report, fp32, int8 = exported["rnn"]  # hidden 128, the seed's size
+    test = mnist[1]
+    accuracy = {}
+    for name, model in (("fp32", fp32), ("int8", int8)):
+        logits = run_rows(session(model), test.images.numpy())
+        accuracy[name] = float((logits.argmax(1) == test.labels.numpy()).mean())
+    assert accuracy["fp32"] > 0.85  # a real model, so the comparison means something
+    assert accuracy["fp32"] - accuracy["int8"] <= 0.003
+    assert accuracy["int8"] == pytest.approx(report.int8_accuracy)
+    assert report.int8_path.stat().st_size <= 0.40 * report.fp32_path.stat().st_size
+
+
+def test_metadata_round_trip(exported):
+    report, fp32, int8 = exported["rnn"]
+    for path, precision in ((report.fp32_path, "fp32"), (report.int8_path, "int8")):
+        props = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+        info = ModelInfo.from_metadata(props)
+        assert info.precision == precision
+        assert info.labels == [str(d) for d in range(10)]
+        assert info.model["cell"] == "rnn" and info.model["hidden"] == 128
+        assert info.recipe["optimizer"] == "adamw" and info.min_onnxruntime == "1.16" and info.opset == 17
+        assert "[28, N, 28]" in info.input_layout and "ink bright" in info.preprocessing
+        assert ModelInfo.from_metadata(info.to_metadata()) == info
+    fp32_info = ModelInfo.from_metadata({p.key: p.value for p in fp32.metadata_props})
+    assert fp32_info.mnist_test_accuracy == pytest.approx(report.fp32_accuracy, abs=1e-6)
+    assert fp32_info.checks["argmax_agreement"] == 1.0
+    assert fp32.opset_import[0].version == 17 and fp32.ir_version == 8
+    onnx.checker.check_model(fp32, full_check=True)
+    onnx.checker.check_model(int8, full_check=True)
+
+
+def test_cli_writes_both_models_and_prints_summary(small_checkpoints, data_root, tmp_path):
+    result = CliRunner().invoke(edge_export, [str(small_checkpoints["gru"]), "--out", str(tmp_path / "a.onnx"),
+                                              "--int8", str(tmp_path / "a8.onnx"), "--data-dir", str(data_root),
+                                              "--no-download"])
+    assert result.exit_code == 0, result.output
+    assert "parity on 1000 MNIST test images" in result.output and "int8:" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "a8.onnx"]  # no temp files left
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", "foreign"])
+def test_bad_checkpoint_is_one_line_exit_2(content, tmp_path, data_root):
+    path = tmp_path / "model.pt"
+    if content == "foreign":
+        torch.save({"state_dict": {"w": torch.zeros(3)}}, path)  # someone else's checkpoint
+    else:
+        path.write_bytes(content)
+    result = CliRunner().invoke(edge_export, [str(path), "--out", str(tmp_path / "m.onnx"), "--data-dir",
+                                              str(data_root), "--no-download"])
+    assert result.exit_code == 2
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_missing_checkpoint(tmp_path):
+    result = CliRunner().invoke(edge_export, [str(tmp_path / "none.pt"), "--out", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 2 and "no checkpoint" in result.output
+
+
+def test_parity_check_fails_on_tampered_model(small_checkpoints, mnist, tmp_path, monkeypatch):
+    real_build = exporter.build_model
+
+    def tampered(weights, *args, **kwargs):
+        weights = dict(weights)
+        weights["fc.bias"] = weights["fc.bias"] + np.float32(1e-3)  # a tiny change the check must catch
+        return real_build(weights, *args, **kwargs)
+
+    monkeypatch.setattr(exporter, "build_model", tampered)
+    with pytest.raises(exporter.ExportError, match="parity check failed"):
+        exporter.export(small_checkpoints["rnn"], tmp_path / "m.onnx", mnist[1])
+    assert not (tmp_path / "m.onnx").exists()
