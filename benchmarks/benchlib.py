@@ -1,5 +1,5 @@
 """The few things every benchmark shares: paths and arguments, the machine description, one timing loop,
-one way to run a child process (wall time + exact peak RSS), and the markdown output.
+one way to run a child process (wall time + peak RSS via os.wait4), and the markdown output.
 
 Timing: `timed` times every call on its own with perf_counter and lets the measured things take turns in
 rounds, so that a shared machine's slow moments hit all of them alike; report medians of those samples.
@@ -42,20 +42,31 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 # -----------------------------------------------------------------------------
 # timing
 
-def timed(calls: dict[str, Callable[[], Any]], reps: int, rounds: int = 10, warmup: int = 3
-          ) -> dict[str, list[float]]:
-    """Seconds taken by each of `reps` calls of every callable; the callables take turns, `rounds` times."""
-    for call in calls.values():
+def timed(calls: dict[Any, Callable[[], Any]], reps: int, rounds: int = 10, warmup: int = 3,
+          before: dict[Any, Callable[[], Any]] | None = None, budget: float = float("inf")
+          ) -> dict[Any, list[float]]:
+    """Seconds taken by each of `reps` calls of every callable; the callables take turns, `rounds` times.
+    A turn ends early once it has used its share of `budget` seconds (each callable gets at least one
+    call per round). before[name], if given, runs untimed before each turn of that callable."""
+    before = before or {}
+    noop: Callable[[], Any] = lambda: None  # noqa: E731
+    for name, call in calls.items():
+        before.get(name, noop)()
         for _ in range(warmup):
             call()
-    samples: dict[str, list[float]] = {name: [] for name in calls}
+    samples: dict[Any, list[float]] = {name: [] for name in calls}
     per_round = max(1, -(-reps // rounds))
     for _ in range(min(rounds, reps)):
         for name, call in calls.items():
+            before.get(name, noop)()
+            spent = 0.0
             for _ in range(per_round):
                 start = time.perf_counter()
                 call()
                 samples[name].append(time.perf_counter() - start)
+                spent += samples[name][-1]
+                if spent > budget / rounds:
+                    break
     return samples
 
 
@@ -66,26 +77,44 @@ def median(samples: Sequence[float]) -> float:
 @dataclass
 class ChildRun:
     seconds: float  # wall time from spawn to exit
-    peak_rss: int  # bytes: the child's peak resident set (ru_maxrss from wait4, exact per child)
+    peak_rss: int  # bytes: ru_maxrss of the child (and of its own children, if it had any)
     stdout: bytes | None
 
 
+# Spawns argv, waits for it with os.wait4 and writes "seconds ru_maxrss(KiB) status" to the fd in argv[1].
+# Why a wrapper: Linux carries the spawning process's peak RSS over into the child across exec, so a child
+# spawned straight from this (torch-sized) process would report ours. The wrapper is a bare `python -S`
+# (about 9 MiB, which is thus the floor of what this reports: below anything measured here), and it
+# times the child alone, not its own start-up.
+_WAIT4_WRAPPER = """
+import os, sys, time
+fd = int(sys.argv[1]); os.set_inheritable(fd, False)
+start = time.perf_counter()
+pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+os.write(fd, f"{time.perf_counter() - start} {usage.ru_maxrss} {os.waitstatus_to_exitcode(status)}".encode())
+"""
+
+
 def run_child(argv: Sequence[str], capture: bool = False, cwd: Path = ROOT) -> ChildRun:
-    """Run argv to completion (stdout to /dev/null unless captured); its wall time and peak RSS, from
-    wait4's rusage of exactly this child. Raises RuntimeError, with its stderr, when it fails."""
+    """Run argv to completion (stdout to /dev/null unless captured): its wall time and peak RSS, from
+    os.wait4 in a tiny wrapper process. Raises RuntimeError, with the end of its stderr, when it fails."""
+    read, write = os.pipe()
     with tempfile.TemporaryFile() as stderr:
-        start = time.perf_counter()
-        child = subprocess.Popen(list(argv), cwd=cwd, stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
-                                 stderr=stderr)
-        out = child.stdout.read() if child.stdout else None
-        _, status, usage = os.wait4(child.pid, 0)
-        seconds = time.perf_counter() - start
-        child.returncode = os.waitstatus_to_exitcode(status)  # reaped here; tell Popen so it won't wait again
-        if child.returncode != 0:
+        wrapper = subprocess.Popen([sys.executable, "-S", "-c", _WAIT4_WRAPPER, str(write), *argv], cwd=cwd,
+                                   stdout=subprocess.PIPE if capture else subprocess.DEVNULL, stderr=stderr,
+                                   pass_fds=(write,))
+        os.close(write)
+        out = wrapper.stdout.read() if wrapper.stdout else None
+        wrapper.wait()
+        with os.fdopen(read, "rb") as report:
+            fields = report.read().split()
+        returncode = int(fields[2]) if len(fields) == 3 else wrapper.returncode
+        if returncode != 0:
             stderr.seek(0)
             tail = stderr.read().decode(errors="replace").strip().splitlines()[-5:]
-            raise RuntimeError(f"`{' '.join(argv)}` exited with {child.returncode}: " + " / ".join(tail))
-    return ChildRun(seconds, usage.ru_maxrss * 1024, out)
+            raise RuntimeError(f"`{' '.join(argv)}` exited with {returncode}: " + " / ".join(tail))
+    return ChildRun(float(fields[0]), int(fields[1]) * 1024, out)
 
 
 def console_script(name: str) -> str:
@@ -159,9 +188,9 @@ def machine_header(title: str, quick: bool) -> str:
 # markdown
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A markdown table; a column whose first cell starts with a digit is right-aligned."""
+    """A markdown table; a column whose first cell starts with a digit (bold or not) is right-aligned."""
     cells = [[str(c) for c in row] for row in rows]
-    numeric = [bool(cells) and cells[0][i][:1].isdigit() for i in range(len(headers))]
+    numeric = [bool(cells) and cells[0][i].lstrip("*")[:1].isdigit() for i in range(len(headers))]
     lines = ["| " + " | ".join(headers) + " |",
              "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in cells]

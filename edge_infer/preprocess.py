@@ -292,17 +292,21 @@ def _fit_background(g: np.ndarray) -> tuple[np.ndarray, float]:
     h, w = g.shape
     step = max(1, -(-max(h, w) // 96))
     s = g[::step, ::step]
+    k = max(1, min(s.shape) // 20)
+    ring = np.concatenate([s[:k].ravel(), s[-k:].ravel(), s[k:-k, :k].ravel(), s[k:-k, -k:].ravel()])
+    level = np.median(ring)
+    spread = 1.4826 * np.median(np.abs(ring - level))
+    if spread == 0.0:
+        # A perfectly flat border (MNIST, renders, clean scans): the fit below would use only pixels
+        # within 1e-3 of this level and return it as a constant with sigma ~0, so skip the work.
+        return np.broadcast_to(np.float32(level), g.shape), 0.0
+
     yy = np.linspace(-1.0, 1.0, h, dtype=np.float32)[::step, None]
     xx = np.linspace(-1.0, 1.0, w, dtype=np.float32)[None, ::step]
     quadratic = min(h, w) >= 64
     terms = [np.ones_like(xx), xx, yy] + ([xx * xx, xx * yy, yy * yy] if quadratic else [])
     A = np.stack([np.broadcast_to(t, s.shape).ravel() for t in terms], axis=1)
     v = s.ravel()
-
-    k = max(1, min(s.shape) // 20)
-    ring = np.concatenate([s[:k].ravel(), s[-k:].ravel(), s[k:-k, :k].ravel(), s[k:-k, -k:].ravel()])
-    level = np.median(ring)
-    spread = 1.4826 * np.median(np.abs(ring - level))
     mask = np.abs(v - level) <= 3.0 * spread + 1e-3
     coef = np.zeros(A.shape[1])
     coef[0] = level

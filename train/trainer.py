@@ -7,6 +7,7 @@ Everything a run produces lives in one directory:
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -39,15 +40,17 @@ class Recipe:
     clip_grad_norm: float | None = None
     identity_init: bool = False  # IRNN init; only affects the ReLU rnn cell
     augment: bool = False  # small random shifts/rotations/scales and stroke thickness changes
+    ema_decay: float | None = None  # evaluate and export an exponential moving average of the weights
 
 
 PRESETS: dict[str, Recipe] = {
     # The reference notebook, exactly: RMSprop lr 3e-4, batch 64, 30 epochs, PyTorch's default init.
     "seed": Recipe(optimizer="rmsprop", lr=3e-4, batch_size=64, epochs=30),
     # Same architecture, trained for a 2-core CPU: in-memory batches, a larger batch, AdamW with a
-    # one-cycle schedule, identity recurrent init and gradient clipping.
-    "default": Recipe(optimizer="adamw", lr=2e-3, batch_size=128, epochs=8, weight_decay=1e-4,
-                      one_cycle=True, clip_grad_norm=1.0, identity_init=True),
+    # one-cycle schedule, identity recurrent init, gradient clipping, and a weight average (EMA), which
+    # is ~1 point more accurate than the raw weights while the learning rate is still high.
+    "default": Recipe(optimizer="adamw", lr=2e-3, batch_size=128, epochs=10, weight_decay=1e-4,
+                      one_cycle=True, clip_grad_norm=1.0, identity_init=True, ema_decay=0.998),
 }
 
 
@@ -186,6 +189,8 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
         torch.manual_seed(seed)
         self.model = build_model(config, recipe).to(self.device)
+        # The weights we evaluate and ship: the EMA when the recipe has one, else the trained weights.
+        self.ema = copy.deepcopy(self.model) if recipe.ema_decay else None
         self.optimizer, self.scheduler = build_optimizer(self.model, recipe, self.steps_per_epoch)
         self.progress = Progress()
 
@@ -201,7 +206,8 @@ class Trainer:
             "recipe": asdict(self.recipe),
             "seed": self.seed,
             "train_size": len(self.train_split),
-            "model": self.model.state_dict(),
+            "model": self.final_model.state_dict(),  # what export/ ships
+            "train_model": self.model.state_dict(),  # what training continues from
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.progress.epoch,
@@ -222,7 +228,9 @@ class Trainer:
         train = train.head(size)
         trainer = cls(run_dir, ModelConfig(**state["model_config"]), Recipe(**state["recipe"]), train, test,
                       seed=state["seed"], device=device, **kwargs)
-        trainer.model.load_state_dict(state["model"])
+        trainer.model.load_state_dict(state["train_model"])
+        if trainer.ema is not None:
+            trainer.ema.load_state_dict(state["model"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.scheduler.load_state_dict(state["scheduler"])
         trainer.progress = Progress(**state["progress"])
@@ -272,6 +280,8 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), recipe.clip_grad_norm)
                 self.optimizer.step()
                 self.scheduler.step()
+                if self.ema is not None:
+                    self._update_ema()
                 # Per-sample bookkeeping: the notebook summed each batch's loss into itself; we don't.
                 p.loss_sum += loss.item() * len(labels)
                 p.correct += (logits.argmax(1) == labels).sum().item()
@@ -286,9 +296,21 @@ class Trainer:
                 bar.render_finish()
         return True
 
+    @property
+    def final_model(self) -> DigitRNN:
+        return self.ema if self.ema is not None else self.model
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        # Warm-up as in TensorFlow's ExponentialMovingAverage: early on, follow the weights more closely.
+        step = self.scheduler.last_epoch
+        decay = min(self.recipe.ema_decay, (1 + step) / (10 + step))
+        for average, param in zip(self.ema.parameters(), self.model.parameters()):
+            average.lerp_(param, 1 - decay)
+
     def _finish_epoch(self) -> None:
         p = self.progress
-        test_loss, test_acc = evaluate(self.model, self.test_split, self.device)
+        test_loss, test_acc = evaluate(self.final_model, self.test_split, self.device)
         record = {
             "epoch": p.epoch + 1,
             "train_loss": p.loss_sum / p.seen,

@@ -1,0 +1,148 @@
+"""Training benchmark: how fast each recipe reaches its accuracy, read from edge-train's history.json.
+
+    python benchmarks/training.py [--data-dir ../shared/data] [--out bench-out]
+
+Runs edge-train (as `python -m train`, this interpreter) for each recipe below into OUT/train-NAME, unless
+that directory already holds a finished history.json of today's recipe (then it is reused and the report
+says so; a run that was cut short is resumed; one of an older recipe is removed and trained anew). Times
+come from history.json: cumulative training seconds per epoch, measured by the trainer itself, evaluation
+excluded. Expect ~10 minutes for all three on an idle 2-core CPU (seed ~6+ min). --quick changes nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from benchlib import add_common_args, machine_header, run_child, section, table, target
+
+from train.trainer import PRESETS, load_checkpoint
+
+# name: (what it is, edge-train options beyond the shared ones, the preset those options use)
+RUNS: dict[str, tuple[str, list[str], str]] = {
+    "seed": ("(a) `--preset seed`: the reference notebook", ["--preset", "seed"], "seed"),
+    "default": ("(b) default recipe", [], "default"),
+    "gru": ("(c) gru, default recipe: the best gated cell", ["--cell", "gru"], "default"),
+}
+
+
+@dataclass
+class Run:
+    name: str
+    dir: Path
+    command: list[str]  # as a user would type it
+    history: list[dict]
+    source: str  # "trained by this run ..." or "cached ..."
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.dir / "checkpoint.pt"
+
+    def seconds_to(self, accuracy: float) -> tuple[float, int] | None:
+        """(cumulative training seconds, epoch) when test accuracy first reached `accuracy`."""
+        for record in self.history:
+            if record["test_acc"] >= accuracy:
+                return record["seconds"], record["epoch"]
+        return None
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    try:
+        return json.loads((run_dir / "history.json").read_text())
+    except (OSError, ValueError):
+        return []
+
+
+def _stale(run_dir: Path, preset: str, command: list[str]) -> bool:
+    """Whether run_dir holds a run of another recipe or cell (e.g. made before the recipe changed)."""
+    if not (run_dir / "checkpoint.pt").exists():
+        return False
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    cell = command[command.index("--cell") + 1] if "--cell" in command else "rnn"
+    return state["recipe"] != asdict(PRESETS[preset]) or state["model_config"]["cell"] != cell
+
+
+def ensure_run(name: str, out: Path, data_dir: Path) -> Run:
+    """The finished run NAME under out: reused if there, else trained now (resumed if cut short)."""
+    what, options, preset = RUNS[name]
+    run_dir = out / f"train-{name}"
+    command = ["edge-train", *options, "--out", str(run_dir), "--data-dir", str(data_dir), "--no-download",
+               "--quiet", "--seed", "0"]
+    if _stale(run_dir, preset, command):
+        print(f"[training] {run_dir} was trained with another recipe than today's; removing it", file=sys.stderr)
+        shutil.rmtree(run_dir)
+    history = read_history(run_dir)
+    if len(history) >= PRESETS[preset].epochs:
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime((run_dir / "history.json").stat().st_mtime))
+        return Run(name, run_dir, command, history, f"cached history.json ({stamp})")
+
+    resume = ["--resume"] if (run_dir / "checkpoint.pt").exists() else []
+    print(f"[training] {' '.join(command + resume)} ... (see benchmarks/README.md for how long)", file=sys.stderr,
+          flush=True)
+    child = run_child([sys.executable, "-m", "train", *command[1:], *resume])
+    history = read_history(run_dir)
+    source = f"trained by this run ({child.seconds:.0f} s wall incl. data loading and evaluation"
+    return Run(name, run_dir, command, history, source + (", resumed)" if resume else ")"))
+
+
+def _pct(x: float) -> str:
+    return f"{x:.2%}"
+
+
+def report(runs: dict[str, Run]) -> str:
+    rows = []
+    for name, run in runs.items():
+        last = run.history[-1]
+        reach = {acc: run.seconds_to(acc) for acc in (0.98, 0.99)}
+        rows.append([RUNS[name][0], len(run.history), _pct(last["test_acc"]),
+                     *(f"{r[0]:.1f} s (epoch {r[1]})" if r else "never" for r in reach.values()),
+                     f"{last['seconds'] / len(run.history):.1f}", f"{last['seconds']:.1f}", run.source])
+    lines = table(["run", "epochs", "final test acc", "time to 98.0 %", "time to 99.0 %", "s / epoch",
+                   "training s", "history"], rows)
+    commands = "Commands (each `--data-dir DATA --no-download --quiet --seed 0`):\n" + "".join(
+        f"- {RUNS[name][0].split(':')[0]}: `{' '.join(run.command[:run.command.index('--data-dir')])}`\n"
+        for name, run in runs.items())
+
+    checks = []
+    if "default" in runs:
+        run = runs["default"]
+        reach, last = run.seconds_to(0.98), run.history[-1]
+        checks.append(target("default recipe >= 98.0 % within 20 s",
+                             f"{reach[0]:.1f} s" if reach else "never reached", bool(reach and reach[0] <= 20)))
+        checks.append(target("default recipe >= 98.8 % at the end, within 60 s",
+                             f"{_pct(last['test_acc'])} after {last['seconds']:.1f} s",
+                             last["test_acc"] >= 0.988 and last["seconds"] <= 60))
+    if "seed" in runs:
+        run = runs["seed"]
+        last = run.history[-1]
+        checks.append(target("seed preset >= 97.8 % after 30 epochs",
+                             f"{_pct(last['test_acc'])} after {len(run.history)} epochs",
+                             last["test_acc"] >= 0.978 and len(run.history) == 30))
+    if "gru" in runs:
+        reach = runs["gru"].seconds_to(0.99)
+        checks.append(target("best gated cell (gru) >= 99.0 % within 3 minutes",
+                             f"{reach[0]:.1f} s (epoch {reach[1]})" if reach else "never reached",
+                             bool(reach and reach[0] <= 180)))
+    note = ("Times are edge-train's own: cumulative training seconds at the end of each epoch (evaluation "
+            "excluded), from each run's history.json; 'time to' is the first epoch whose test accuracy reached it.")
+    return section("4. Training", note, lines, commands, "".join(checks))
+
+
+def run(out: Path, data_dir: Path, names: tuple[str, ...] = tuple(RUNS)) -> str:
+    return report({name: ensure_run(name, out, data_dir) for name in names})
+
+
+def main() -> None:
+    parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser.add_argument("--only", choices=list(RUNS), action="append", help="just these runs (repeatable)")
+    args = parser.parse_args()
+    body = run(args.out, args.data_dir, tuple(args.only or RUNS))
+    print(machine_header("edge-infer training benchmark", args.quick) + "\n" + body)
+
+
+if __name__ == "__main__":
+    main()
