@@ -4,6 +4,7 @@ Exit codes: 0 every image classified, 1 some input failed (the rest are still pr
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -59,13 +60,16 @@ def load_digit(path: str, stdin: bytes | None = None) -> np.ndarray | str:
         return f"unexpected {type(error).__name__}: {' '.join(str(error).split())[:200]}"
 
 
-def _load_many(paths: list[str], stdin: bytes | None, jobs: int) -> list[np.ndarray | str]:
-    if jobs > 1 and len(paths) >= PARALLEL_FROM and "-" not in paths:
+def load_digits(paths: list[str], stdin: bytes | None, jobs: int) -> Iterator[np.ndarray | str]:
+    """load_digit for every path, in order; decoded by `jobs` worker processes when there are many."""
+    if jobs > 1 and len(paths) >= PARALLEL_FROM and "-" not in paths and hasattr(os, "fork"):
         import multiprocessing
 
-        with multiprocessing.get_context("fork").Pool(jobs) as pool:
-            return pool.map(load_digit, paths, chunksize=max(1, len(paths) // (jobs * 8)))
-    return [load_digit(path, stdin) for path in paths]
+        with multiprocessing.get_context("fork").Pool(jobs) as pool:  # one pool for the whole run
+            yield from pool.imap(load_digit, paths, chunksize=64)
+    else:
+        for path in paths:
+            yield load_digit(path, stdin)
 
 
 def _usable_cpus() -> int:
@@ -138,18 +142,16 @@ def main(paths, as_json, top_k, model, int8, threads, provider, jobs, info) -> N
     stdin = sys.stdin.buffer.read() if "-" in paths else None
     jobs = jobs or _usable_cpus()
     inputs = list(expand(paths))
+    loaded = load_digits([path for path, error in inputs if error is None], stdin, jobs)
+    # (path, error message or preprocessed digit) for every input, in input order
+    results = ((path, error if error is not None else next(loaded)) for path, error in inputs)
     failed = False
-    out = sys.stdout
     try:
-        for start in range(0, len(inputs), CHUNK):
-            chunk = inputs[start:start + CHUNK]
-            todo = [path for path, error in chunk if error is None]
-            loaded = dict(zip(todo, _load_many(todo, stdin, jobs)))
-            digits = [d for d in loaded.values() if isinstance(d, np.ndarray)]
+        while chunk := list(itertools.islice(results, CHUNK)):
+            digits = [r for _, r in chunk if isinstance(r, np.ndarray)]
             predictions = iter(classifier.classify(np.stack(digits)) if digits else [])
             lines = []
-            for path, error in chunk:
-                result = error if error is not None else loaded[path]
+            for path, result in chunk:
                 if isinstance(result, str):
                     failed = True
                     click.echo(f"edge-infer: {path}: {result}", err=True)
@@ -158,8 +160,8 @@ def main(paths, as_json, top_k, model, int8, threads, provider, jobs, info) -> N
                 else:
                     lines.append(format_line(path, next(predictions), top_k, as_json))
             if lines:
-                out.write("\n".join(lines) + "\n")
-                out.flush()
+                sys.stdout.write("\n".join(lines) + "\n")
+                sys.stdout.flush()
     except BrokenPipeError:  # e.g. piped into `head`: stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

@@ -61,48 +61,49 @@ def load_image(image: ImageInput) -> Image.Image:
             image.load()  # lazily opened images may still be truncated
         except (OSError, SyntaxError, ValueError, EOFError) as e:
             raise ImageError(f"image data is truncated or corrupt ({_one_line(e)})") from None
-        img = image
+        img = ImageOps.exif_transpose(image)  # a (transposed) copy: the caller's image is never modified
     elif isinstance(image, (bytes, bytearray, memoryview)):
-        if len(image) == 0:
-            raise ImageError("empty file")
-        img = _decode(io.BytesIO(bytes(image)), "image bytes")
+        img = _decode(bytes(image), "image bytes")
     elif isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
-        if not os.path.exists(path):
-            raise ImageError(f"file not found: {path}")
-        if not os.path.isfile(path):
-            raise ImageError(f"not a file: {path}")
-        if os.path.getsize(path) == 0:
-            raise ImageError(f"empty file: {path}")
-        with open(path, "rb") as f:
-            img = _decode(f, path)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise ImageError(f"file not found: {path}") from None
+        except OSError as e:  # a directory, no permission, ...
+            raise ImageError(f"cannot read {path}: {e.strerror or _one_line(e)}") from None
+        img = _decode(data, path)
     else:
         kind = type(image).__name__
         raise ImageError(f"unsupported input type {kind}; expected a path, bytes, PIL image or numpy array")
 
     if img.width == 0 or img.height == 0:
         raise ImageError(f"image has no pixels ({img.width}x{img.height})")
-    img = ImageOps.exif_transpose(img)  # returns a copy, so the caller's image is never modified
     if max(img.size) > WORK_SIZE:
         img = _shrink(img)
     return img
 
 
-def _decode(fp, name: str) -> Image.Image:
-    """Open, size-check and fully decode one image file; every failure becomes ImageError."""
+def _decode(data: bytes, name: str) -> Image.Image:
+    """Size-check and fully decode one image file's bytes, EXIF orientation applied; every failure
+    becomes ImageError. (Bytes in memory: nothing stays open, and no copy is needed.)"""
+    if not data:
+        raise ImageError("empty file" if name == "image bytes" else f"empty file: {name}")
     try:
         with warnings.catch_warnings():
             # PIL only warns between its own limit and twice it; make that an error locally
             # instead of touching the global Image.MAX_IMAGE_PIXELS.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(fp) as img:
-                _check_size(img.size)  # header only: nothing decoded yet
-                if img.format == "JPEG" and max(img.size) > WORK_SIZE:
-                    # decode straight to grey at 1/2, 1/4 or 1/8 scale (still >= WORK_SIZE): far cheaper
-                    img.draft("L" if img.mode in ("L", "RGB") else None, (WORK_SIZE, WORK_SIZE))
-                img.seek(0)  # first frame of animations
-                img.load()   # force the full decode here so truncation is caught here
-                return img.copy()  # detach from the file, which the caller closes
+            img = Image.open(io.BytesIO(data))
+            _check_size(img.size)  # header only: nothing decoded yet
+            if img.format == "JPEG" and max(img.size) > WORK_SIZE:
+                # decode straight to grey at 1/2, 1/4 or 1/8 scale (still >= WORK_SIZE): far cheaper
+                img.draft("L" if img.mode in ("L", "RGB") else None, (WORK_SIZE, WORK_SIZE))
+            img.seek(0)  # first frame of animations
+            img.load()   # force the full decode here so truncation is caught here
+            ImageOps.exif_transpose(img, in_place=True)
+            return img
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -192,6 +193,8 @@ def to_grey(img: Image.Image) -> np.ndarray:
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info) \
         or (mode in ("L", "RGB") and "transparency" in img.info)
     if not has_alpha:
+        if mode == "L":
+            return np.asarray(img, dtype=np.float32) / 255.0
         if mode not in ("1", "L", "P", "RGB"):
             img = img.convert("RGB")  # CMYK, YCbCr, LAB, HSV -> RGB first
         return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
@@ -258,24 +261,26 @@ def _ink_map(g: np.ndarray) -> np.ndarray | None:
     image when the lighting falls off towards the border.
     """
     surface, sigma = _fit_background(g)
+    flat = surface.strides == (0, 0)  # a constant background (see _fit_background)
     r = g - surface
     tol = NOISE_SIGMAS * sigma + 1e-4
-    brighter = np.clip(r - tol, 0.0, None).sum()
-    darker = np.clip(-r - tol, 0.0, None).sum()
+    brighter = np.maximum(r - tol, 0.0).sum()
+    darker = np.maximum(-r - tol, 0.0).sum()
     if darker > brighter:  # dark pen on paper -> invert
-        ink = np.clip(-r - NOISE_SIGMAS * sigma, 0.0, None)  # noise floor; exactly 0 for clean images
-        # Pen on paper reflects a fraction of the light that falls on it, so in shadow its
-        # contrast shrinks with the paper's brightness: divide that out (relative to the
-        # typical paper level, to keep the units).
-        paper = np.maximum(surface, 0.05)
-        ink = ink * (float(np.median(paper)) / paper)
+        ink = np.maximum(-r - NOISE_SIGMAS * sigma, 0.0)  # noise floor; exactly 0 for clean images
+        if not flat:
+            # Pen on paper reflects a fraction of the light that falls on it, so in shadow its
+            # contrast shrinks with the paper's brightness: divide that out (relative to the
+            # typical paper level, to keep the units).
+            paper = np.maximum(surface, 0.05)
+            ink = ink * (float(np.median(paper)) / paper)
     else:  # light ink on a dark background (MNIST, chalk, screens): additive
-        ink = np.clip(r - NOISE_SIGMAS * sigma, 0.0, None)
+        ink = np.maximum(r - NOISE_SIGMAS * sigma, 0.0)
 
     inky = ink[ink > 0]
     if inky.size == 0:
         return None
-    level = float(np.percentile(inky, INK_PERCENTILE))
+    level = _percentile(inky, INK_PERCENTILE)
     if level < max(MIN_CONTRAST, 3.0 * sigma):  # a few noise specks are not a digit
         return None
     return np.clip(ink / level, 0.0, 1.0)
@@ -294,8 +299,11 @@ def _fit_background(g: np.ndarray) -> tuple[np.ndarray, float]:
     s = g[::step, ::step]
     k = max(1, min(s.shape) // 20)
     ring = np.concatenate([s[:k].ravel(), s[-k:].ravel(), s[k:-k, :k].ravel(), s[k:-k, -k:].ravel()])
-    level = np.median(ring)
-    spread = 1.4826 * np.median(np.abs(ring - level))
+    if ring.min() == ring.max():
+        level, spread = float(ring[0]), 0.0  # the common clean case, without two medians
+    else:
+        level = np.median(ring)
+        spread = 1.4826 * np.median(np.abs(ring - level))
     if spread == 0.0:
         # A perfectly flat border (MNIST, renders, clean scans): the fit below would use only pixels
         # within 1e-3 of this level and return it as a constant with sigma ~0, so skip the work.
@@ -392,6 +400,15 @@ def _box_sum3(m: np.ndarray) -> np.ndarray:
     return rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
 
 
+def _percentile(a: np.ndarray, q: float) -> float:
+    """np.percentile(a, q) (linear interpolation) via a partial sort: ~5x faster on small arrays."""
+    pos = (a.size - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, a.size - 1)
+    part = np.partition(a, (lo, hi))
+    return float(part[lo] + (part[hi] - part[lo]) * (pos - lo))
+
+
 def _stroke_width(a: np.ndarray) -> float:
     """Mean stroke width in pixels: ink area / (perimeter / 2).
 
@@ -399,8 +416,10 @@ def _stroke_width(a: np.ndarray) -> float:
     all half-grey; the perimeter is that of the >= 0.3 mask, counted in pixel edges, which
     overestimate a true perimeter by 4/pi on average over directions.
     """
-    m = np.pad(a >= 0.3, 1)
-    edges = (m[1:] != m[:-1]).sum() + (m[:, 1:] != m[:, :-1]).sum()
+    m = a >= 0.3
+    # transitions inside, plus the mask's own pixels on the four borders (edges against the outside)
+    edges = ((m[1:] != m[:-1]).sum() + (m[:, 1:] != m[:, :-1]).sum()
+             + m[0].sum() + m[-1].sum() + m[:, 0].sum() + m[:, -1].sum())
     return 0.0 if edges == 0 else float(2.0 * a.sum() / (edges * np.pi / 4))
 
 
@@ -466,9 +485,10 @@ def _thicken(crop: np.ndarray) -> np.ndarray:
 def _centre(box: np.ndarray) -> np.ndarray:
     """Place the box in a 28x28 canvas with its centre of mass at (14, 14), by an integer shift."""
     h, w = box.shape
-    mass = box.sum()
-    cy = float((box.sum(1) * np.arange(h)).sum() / mass)
-    cx = float((box.sum(0) * np.arange(w)).sum() / mass)
+    rows, cols = box.sum(1), box.sum(0)
+    mass = float(rows.sum())
+    cy = float(rows @ np.arange(h, dtype=rows.dtype)) / mass
+    cx = float(cols @ np.arange(w, dtype=cols.dtype)) / mass
     # round half up, then keep the whole digit inside the canvas
     top = min(max(int(np.floor(CENTRE - cy + 0.5)), 0), CANVAS - h)
     left = min(max(int(np.floor(CENTRE - cx + 0.5)), 0), CANVAS - w)
