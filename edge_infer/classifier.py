@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -25,6 +26,9 @@ MODELS_DIR = Path(__file__).resolve().parent / "models"
 BUNDLED = {False: "digit-rnn.onnx", True: "digit-rnn-int8.onnx"}
 PROVENANCE = "provenance.json"
 NO_INK = 1e-3  # a preprocessed image with less total ink than this holds no digit
+# With threads=None, batches this large run on all cores; smaller ones on one thread, where a thread pool
+# only adds wake-up latency (see benchmarks/: 1 thread is fastest up to batch 64 here).
+PARALLEL_BATCH = 256
 
 
 class ModelError(ValueError):
@@ -75,7 +79,8 @@ class Classifier:
 
     model:    path to (or bytes of) an .onnx file written by edge-export; None = the bundled model.
     int8:     with model=None, use the bundled int8 model.
-    threads:  onnxruntime intra-op threads (None = 1, fastest for this small model; see benchmarks).
+    threads:  onnxruntime intra-op threads. None: 1 thread for batches below PARALLEL_BATCH and one per
+              core for larger ones (each setting is the faster one there; see benchmarks/).
     provider: an onnxruntime execution provider name (default CPUExecutionProvider).
     """
 
@@ -100,21 +105,37 @@ class Classifier:
         if provider not in available:
             raise ModelError(f"unknown execution provider {provider!r}; available: {', '.join(available)}")
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or 1
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # onnxruntime's own warnings are not the user's business
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy-waiting threads
-        try:
-            self.session = ort.InferenceSession(blob, options, providers=[provider])
-        except Exception as error:  # onnxruntime raises its own exception types for bad files
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ModelError(f"cannot load model {self.source}: {first[:300]}") from None
+        self._blob, self._provider, self.threads = blob, provider, threads
+        self._parallel: ort.InferenceSession | None = None
+        self._lock = threading.Lock()
+        self.session = self._new_session(threads or 1)
         self._check_interface()
         try:
             self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map)
         except ValueError as error:
             raise ModelError(f"{self.source}: {error}") from None
+
+    def _new_session(self, threads: int) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # onnxruntime's own warnings are not the user's business
+        # Worker threads spin briefly between steps: 1.3x faster at batch 1024 here. A single thread
+        # has no pool, so nothing spins in the default small-batch session.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if threads > 1 else "0")
+        try:
+            return ort.InferenceSession(self._blob, options, providers=[self._provider])
+        except Exception as error:  # onnxruntime raises its own exception types for bad files
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ModelError(f"cannot load model {self.source}: {first[:300]}") from None
+
+    def _session_for(self, batch: int) -> ort.InferenceSession:
+        if self.threads is not None or batch < PARALLEL_BATCH or usable_cpus() < 2:
+            return self.session
+        with self._lock:  # created on first use, once, even when many threads ask at the same time
+            if self._parallel is None:
+                self._parallel = self._new_session(usable_cpus())
+        return self._parallel
 
     def _check_interface(self) -> None:
         """Refuse foreign models up front rather than failing on the first image."""
@@ -136,7 +157,7 @@ class Classifier:
         results = [NO_DIGIT] * len(digits)
         if found.any():
             rows = np.ascontiguousarray(digits[found].transpose(1, 0, 2))  # [28, n, 28]: time-major
-            logits = self.session.run([OUTPUT_NAME], {INPUT_NAME: rows})[0]
+            logits = self._session_for(rows.shape[1]).run([OUTPUT_NAME], {INPUT_NAME: rows})[0]
             probabilities = softmax(logits)
             labels = probabilities.argmax(axis=1)
             for index, p, label in zip(np.flatnonzero(found), probabilities, labels):
@@ -153,6 +174,10 @@ class Classifier:
         if not digits:
             return []
         return self.classify(np.stack(digits))
+
+
+def usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

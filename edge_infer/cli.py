@@ -14,7 +14,7 @@ from typing import Iterator
 import click
 import numpy as np
 
-from edge_infer.classifier import Classifier, ModelError, Prediction
+from edge_infer.classifier import Classifier, ModelError, Prediction, usable_cpus
 from edge_infer.preprocess import ImageError, preprocess
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm",
@@ -72,12 +72,6 @@ def load_digits(paths: list[str], stdin: bytes | None, jobs: int) -> Iterator[np
             yield load_digit(path, stdin)
 
 
-def _usable_cpus() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def format_line(path: str, prediction: Prediction, top_k: int, as_json: bool) -> str:
     if as_json:
         record = {"path": path, "label": prediction.label if prediction.digit_found else None,
@@ -112,7 +106,8 @@ def _print_info(classifier: Classifier, as_json: bool) -> None:
 @click.option("--model", type=click.Path(dir_okay=False), default=None, help="An .onnx model from edge-export "
               "(default: the bundled one).")
 @click.option("--int8", is_flag=True, help="Use the bundled int8 model.")
-@click.option("--threads", type=click.IntRange(1), default=None, help="onnxruntime intra-op threads (default 1).")
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
+              help="onnxruntime intra-op threads (decoding, in --jobs processes, is the larger cost).")
 @click.option("--provider", default=None, help="onnxruntime execution provider (default CPUExecutionProvider).")
 @click.option("--jobs", "-j", type=click.IntRange(1), default=None,
               help="Processes decoding images for large batches (default: one per CPU core).")
@@ -140,7 +135,7 @@ def main(paths, as_json, top_k, model, int8, threads, provider, jobs, info) -> N
             return
 
     stdin = sys.stdin.buffer.read() if "-" in paths else None
-    jobs = jobs or _usable_cpus()
+    jobs = jobs or usable_cpus()
     inputs = list(expand(paths))
     loaded = load_digits([path for path, error in inputs if error is None], stdin, jobs)
     # (path, error message or preprocessed digit) for every input, in input order

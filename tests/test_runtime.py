@@ -410,3 +410,12 @@ def test_runtime_imports_nothing_from_the_training_side():
     for source in (ROOT / "edge_infer").glob("*.py"):
         text = source.read_text()
         assert not re.search(r"^\s*(from|import)\s+(train|export|torch|torchvision|onnx)\b", text, re.M), source
+
+
+def test_large_batches_on_all_cores_give_the_same_answers(mnist_test):
+    """threads=None runs batches >= PARALLEL_BATCH on a multi-thread session; results must not change."""
+    digits = mnist_test[0][:300].astype(np.float32) / 255
+    auto, single = Classifier(), Classifier(threads=1)
+    for a, b in zip(auto.classify(digits), single.classify(digits)):
+        assert a.label == b.label
+        np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-6)
