@@ -20,7 +20,7 @@ from pathlib import Path
 
 from benchlib import add_common_args, machine_header, run_child, section, table, target
 
-from train.trainer import PRESETS, load_checkpoint
+from train.trainer import load_checkpoint, preset_recipe
 
 # name: (what it is, edge-train options beyond the shared ones, the preset those options use)
 RUNS: dict[str, tuple[str, list[str], str]] = {
@@ -57,13 +57,17 @@ def read_history(run_dir: Path) -> list[dict]:
         return []
 
 
+def _cell(command: list[str]) -> str:
+    return command[command.index("--cell") + 1] if "--cell" in command else "rnn"
+
+
 def _stale(run_dir: Path, preset: str, command: list[str]) -> bool:
     """Whether run_dir holds a run of another recipe or cell (e.g. made before the recipe changed)."""
     if not (run_dir / "checkpoint.pt").exists():
         return False
     state = load_checkpoint(run_dir / "checkpoint.pt")
-    cell = command[command.index("--cell") + 1] if "--cell" in command else "rnn"
-    return state["recipe"] != asdict(PRESETS[preset]) or state["model_config"]["cell"] != cell
+    cell = _cell(command)
+    return state["recipe"] != asdict(preset_recipe(preset, cell)) or state["model_config"]["cell"] != cell
 
 
 def ensure_run(name: str, out: Path, data_dir: Path) -> Run:
@@ -76,7 +80,7 @@ def ensure_run(name: str, out: Path, data_dir: Path) -> Run:
         print(f"[training] {run_dir} was trained with another recipe than today's; removing it", file=sys.stderr)
         shutil.rmtree(run_dir)
     history = read_history(run_dir)
-    if len(history) >= PRESETS[preset].epochs:
+    if len(history) >= preset_recipe(preset, _cell(command)).epochs:
         stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime((run_dir / "history.json").stat().st_mtime))
         return Run(name, run_dir, command, history, f"cached history.json ({stamp})")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 
 from edge_infer.model_info import INPUT_NAME, ModelInfo
 from export.graph import FORMS, build_model
@@ -139,6 +140,17 @@ def quantize_int8(fp32_matmul: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def _short_name(index: int) -> str:
+    """0 -> '_0', 61 -> '_z', 62 -> '_10', ...: never clashes with weight names, which start with a letter."""
+    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    name = ""
+    while True:
+        index, rest = divmod(index, 62)
+        name = digits[rest] + name
+        if index == 0:
+            return "_" + name
+
+
 @contextlib.contextmanager
 def _quiet_root_logger():
     """The quantizer logs a generic 'consider pre-processing' warning on the root logger; it doesn't apply."""
@@ -152,19 +164,38 @@ def _quiet_root_logger():
 
 
 def _shorten_names(model: onnx.ModelProto) -> None:
-    """The quantizer's names (e.g. 't57_quantized_scale') cost bytes in every node; keep weights' names."""
+    """The quantizer's names (e.g. 't57_quantized_scale') cost bytes in every node, and the int8 weights
+    are only ~22 KB: give intermediate tensors 1-2 character names and drop node names (optional in ONNX).
+    Inputs, outputs and weights keep theirs."""
     graph = model.graph
     keep = {i.name for i in graph.input} | {o.name for o in graph.output}
     rename: dict[str, str] = {}
-    for index, node in enumerate(graph.node):
-        node.name = f"q{index}"
+    for node in graph.node:
+        node.ClearField("name")
         for i, name in enumerate(node.output):
             if name not in keep:
-                rename.setdefault(name, f"v{len(rename)}")
+                rename.setdefault(name, _short_name(len(rename)))
                 node.output[i] = rename[name]
+    # Weights: 'Wh0_quantized' -> 'Wh0', 'Wh0_scale' -> 'Wh0s' (the fp32 originals are gone).
+    suffixes = {"_quantized": "", "_scale": "s", "_zero_point": "z"}
+    for tensor in graph.initializer:
+        for suffix, short in suffixes.items():
+            if tensor.name.endswith(suffix):
+                rename[tensor.name] = tensor.name[: -len(suffix)] + short
+                tensor.name = rename[tensor.name]
     for node in graph.node:
         for i, name in enumerate(node.input):
             node.input[i] = rename.get(name, name)
+    # Symmetric int8 weights have all-zero zero points, which MatMulInteger assumes when the (optional)
+    # input is absent: drop them.
+    zeros = {t.name for t in graph.initializer if t.name.endswith("z") and not numpy_helper.to_array(t).any()}
+    for node in graph.node:
+        if node.op_type == "MatMulInteger" and len(node.input) == 4 and node.input[3] in zeros:
+            del node.input[3]
+    used = {name for node in graph.node for name in node.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
     del graph.value_info[:]
 
 
@@ -223,9 +254,10 @@ def export(checkpoint: Path, out: Path, test: Split, int8_out: Path | None = Non
 
     int8 = None
     if int8_out is not None:
-        # The MatMul+Add form: the only one whose recurrent weights the dynamic quantizer reaches.
+        # The MatMul+Add form: the only one whose recurrent weights the dynamic quantizer reaches. Each step
+        # projects its own input (no hoisting): ~10 % faster for int8 at batch 64 and up (benchmarks/).
         int8 = quantize_int8(build_model(weights, config.cell, config.hidden, config.layers, form="matmul",
-                                         gemm=False, opset=opset))
+                                         gemm=False, opset=opset, hoist=False))
         recurrent = integer_recurrent_ops(int8)
         if not recurrent:
             raise ExportError("int8 graph has no integer ops on the recurrent weights; nothing written")

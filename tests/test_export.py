@@ -121,7 +121,9 @@ def test_int8_accuracy_and_size(exported, tmp_path, mnist):
         accuracy[name] = float((logits.argmax(1) == test.labels.numpy()).mean())
     assert accuracy["fp32"] > 0.85  # a real model, so the comparison means something
     assert accuracy["fp32"] - accuracy["int8"] <= 0.003
-    assert accuracy["int8"] == pytest.approx(report.int8_accuracy)
+    # Dynamic quantization scales activations per batch, so a different batching (the exporter runs
+    # 1000 at a time, this test all 10,000) may flip a handful of borderline images.
+    assert accuracy["int8"] == pytest.approx(report.int8_accuracy, abs=1e-3)
     assert report.int8_path.stat().st_size <= 0.40 * report.fp32_path.stat().st_size
 
 
