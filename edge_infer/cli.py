@@ -4,7 +4,6 @@ Exit codes: 0 every image classified, 1 some input failed (the rest are still pr
 """
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import sys
@@ -19,8 +18,8 @@ from edge_infer.preprocess import ImageError, preprocess
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm",
                             ".pbm", ".pnm", ".ico", ".tga"})
-CHUNK = 1024  # images per session.run
-PARALLEL_FROM = 256  # decode in worker processes from this many images on (fork costs a few ms)
+CHUNK = 256  # images per session.run, and per task of a worker process
+PARALLEL_FROM = 256  # use worker processes from this many images on (starting them costs ~20 ms)
 
 
 def _die(message: str) -> None:
@@ -60,16 +59,41 @@ def load_digit(path: str, stdin: bytes | None = None) -> np.ndarray | str:
         return f"unexpected {type(error).__name__}: {' '.join(str(error).split())[:200]}"
 
 
-def load_digits(paths: list[str], stdin: bytes | None, jobs: int) -> Iterator[np.ndarray | str]:
-    """load_digit for every path, in order; decoded by `jobs` worker processes when there are many."""
-    if jobs > 1 and len(paths) >= PARALLEL_FROM and "-" not in paths and hasattr(os, "fork"):
+def classify_paths(classifier: Classifier, paths: list[str], stdin: bytes | None = None
+                   ) -> list[Prediction | str]:
+    """A prediction or a one-line error for each path, with one session.run for them all."""
+    loaded = [load_digit(path, stdin) for path in paths]
+    digits = [d for d in loaded if not isinstance(d, str)]
+    predictions = iter(classifier.classify(np.stack(digits)) if digits else [])
+    return [result if isinstance(result, str) else next(predictions) for result in loaded]
+
+
+_worker_classifier: Classifier | None = None
+
+
+def _start_worker(options: dict) -> None:
+    global _worker_classifier
+    _worker_classifier = Classifier(**options)  # its own session: onnxruntime's don't survive a fork
+
+
+def _classify_in_worker(paths: list[str]) -> list[Prediction | str]:
+    return classify_paths(_worker_classifier, paths)
+
+
+def classify_all(paths: list[str], stdin: bytes | None, classifier: Classifier, options: dict, jobs: int
+                 ) -> Iterator[Prediction | str]:
+    """classify_paths over all paths, in order, CHUNK at a time. Many images are decoded and classified
+    by `jobs` worker processes, which send back only the predictions."""
+    chunks = [paths[start:start + CHUNK] for start in range(0, len(paths), CHUNK)]
+    if jobs > 1 and len(paths) >= PARALLEL_FROM and stdin is None and hasattr(os, "fork"):
         import multiprocessing
 
-        with multiprocessing.get_context("fork").Pool(jobs) as pool:  # one pool for the whole run
-            yield from pool.imap(load_digit, paths, chunksize=64)
+        with multiprocessing.get_context("fork").Pool(min(jobs, len(chunks)), _start_worker, (options,)) as pool:
+            for results in pool.imap(_classify_in_worker, chunks):
+                yield from results
     else:
-        for path in paths:
-            yield load_digit(path, stdin)
+        for chunk in chunks:
+            yield from classify_paths(classifier, chunk, stdin)
 
 
 def format_line(path: str, prediction: Prediction, top_k: int, as_json: bool) -> str:
@@ -84,8 +108,7 @@ def format_line(path: str, prediction: Prediction, top_k: int, as_json: bool) ->
         return json.dumps(record)
     if not prediction.digit_found:
         return f"{path}\t-\t0.0000"
-    ranked = prediction.top_k(top_k)
-    extra = "".join(f"\t{d}:{p:.4f}" for d, p in ranked[1:])
+    extra = "".join(f"\t{d}:{p:.4f}" for d, p in prediction.top_k(top_k)[1:]) if top_k > 1 else ""
     return f"{path}\t{prediction.label}\t{prediction.confidence:.4f}{extra}"
 
 
@@ -125,8 +148,9 @@ def main(paths, as_json, top_k, model, int8, threads, provider, jobs, info) -> N
         _die("stdin ('-') can be read only once")
     if int8 and model:
         _die("--int8 selects the bundled int8 model; with --model, pass your int8 file itself")
+    options = {"model": model, "int8": int8, "threads": threads, "provider": provider}
     try:
-        classifier = Classifier(model, int8=int8, threads=threads, provider=provider)
+        classifier = Classifier(**options)
     except ModelError as error:
         _die(str(error))
     if info:
@@ -137,26 +161,23 @@ def main(paths, as_json, top_k, model, int8, threads, provider, jobs, info) -> N
     stdin = sys.stdin.buffer.read() if "-" in paths else None
     jobs = jobs or usable_cpus()
     inputs = list(expand(paths))
-    loaded = load_digits([path for path, error in inputs if error is None], stdin, jobs)
-    # (path, error message or preprocessed digit) for every input, in input order
-    results = ((path, error if error is not None else next(loaded)) for path, error in inputs)
+    predicted = classify_all([path for path, error in inputs if error is None], stdin, classifier, options, jobs)
     failed = False
+    lines: list[str] = []
     try:
-        while chunk := list(itertools.islice(results, CHUNK)):
-            digits = [r for _, r in chunk if isinstance(r, np.ndarray)]
-            predictions = iter(classifier.classify(np.stack(digits)) if digits else [])
-            lines = []
-            for path, result in chunk:
-                if isinstance(result, str):
-                    failed = True
-                    click.echo(f"edge-infer: {path}: {result}", err=True)
-                    if as_json:
-                        lines.append(json.dumps({"path": path, "error": result}))
-                else:
-                    lines.append(format_line(path, next(predictions), top_k, as_json))
-            if lines:
+        for index, (path, error) in enumerate(inputs, 1):
+            result = error if error is not None else next(predicted)
+            if isinstance(result, str):
+                failed = True
+                click.echo(f"edge-infer: {path}: {result}", err=True)
+                if as_json:
+                    lines.append(json.dumps({"path": path, "error": result}))
+            else:
+                lines.append(format_line(path, result, top_k, as_json))
+            if lines and (index % CHUNK == 0 or index == len(inputs)):
                 sys.stdout.write("\n".join(lines) + "\n")
                 sys.stdout.flush()
+                lines.clear()
     except BrokenPipeError:  # e.g. piped into `head`: stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

@@ -102,7 +102,8 @@ def _decode(data: bytes, name: str) -> Image.Image:
                 img.draft("L" if img.mode in ("L", "RGB") else None, (WORK_SIZE, WORK_SIZE))
             img.seek(0)  # first frame of animations
             img.load()   # force the full decode here so truncation is caught here
-            ImageOps.exif_transpose(img, in_place=True)
+            if "exif" in img.info or img.format not in ("PNG", "GIF", "BMP"):  # (those keep EXIF only there)
+                ImageOps.exif_transpose(img, in_place=True)
             return img
     except ImageError:
         raise
@@ -261,7 +262,7 @@ def _ink_map(g: np.ndarray) -> np.ndarray | None:
     image when the lighting falls off towards the border.
     """
     surface, sigma = _fit_background(g)
-    flat = surface.strides == (0, 0)  # a constant background (see _fit_background)
+    flat = surface.ndim == 0  # a constant background (see _fit_background)
     r = g - surface
     tol = NOISE_SIGMAS * sigma + 1e-4
     brighter = np.maximum(r - tol, 0.0).sum()
@@ -287,7 +288,8 @@ def _ink_map(g: np.ndarray) -> np.ndarray | None:
 
 
 def _fit_background(g: np.ndarray) -> tuple[np.ndarray, float]:
-    """Robustly fit a smooth surface to the background; return it and the noise sigma around it.
+    """Robustly fit a smooth surface to the background; return it (a 0-d array when it is a constant)
+    and the noise sigma around it.
 
     Works on a strided (not averaged, so the noise level stays true) sample of <= ~96x96
     pixels. Starts from the border ring, which is mostly background, then alternates
@@ -298,16 +300,18 @@ def _fit_background(g: np.ndarray) -> tuple[np.ndarray, float]:
     step = max(1, -(-max(h, w) // 96))
     s = g[::step, ::step]
     k = max(1, min(s.shape) // 20)
-    ring = np.concatenate([s[:k].ravel(), s[-k:].ravel(), s[k:-k, :k].ravel(), s[k:-k, -k:].ravel()])
-    if ring.min() == ring.max():
-        level, spread = float(ring[0]), 0.0  # the common clean case, without two medians
+    edges = (s[:k], s[-k:], s[:, :k], s[:, -k:])
+    lo, hi = min(e.min() for e in edges), max(e.max() for e in edges)
+    if lo == hi:
+        level, spread = float(lo), 0.0  # the common clean case, without building the ring or two medians
     else:
+        ring = np.concatenate([s[:k].ravel(), s[-k:].ravel(), s[k:-k, :k].ravel(), s[k:-k, -k:].ravel()])
         level = np.median(ring)
         spread = 1.4826 * np.median(np.abs(ring - level))
     if spread == 0.0:
         # A perfectly flat border (MNIST, renders, clean scans): the fit below would use only pixels
         # within 1e-3 of this level and return it as a constant with sigma ~0, so skip the work.
-        return np.broadcast_to(np.float32(level), g.shape), 0.0
+        return np.array(level, np.float32), 0.0
 
     yy = np.linspace(-1.0, 1.0, h, dtype=np.float32)[::step, None]
     xx = np.linspace(-1.0, 1.0, w, dtype=np.float32)[None, ::step]
