@@ -7,7 +7,8 @@
 2. export it to OUT/models/ (fp32 + int8) with export.export, which checks parity with torch first;
 3. time one call, per batch of real MNIST test images, of: torch eager (DigitRNN batch_first as trained,
    torch.inference_mode) and session.run of onnxruntime sessions made by edge_infer's own
-   Classifier (so with the runtime's options); each at 1 thread (the runtime's default) and at 2.
+   Classifier (so with the runtime's options); each at 1 thread and at 2 (threads=None picks 1 below
+   batch 256 and all cores from there on).
 """
 from __future__ import annotations
 
@@ -133,9 +134,10 @@ def run(checkpoint: Path | None, out: Path, data_dir: Path, quick: bool) -> tupl
              f"({_same_as_bundled(models.int8, True)}; {models.int8_accuracy:.2%}).\n\n"
              "Each row times single calls on the first B MNIST test images: torch eager `model(images)` "
              "(batch_first [B, 28, 28] as trained, torch.inference_mode) vs `session.run` on time-major "
-             "[28, B, 28] input, sessions made by `edge_infer.Classifier` (so the runtime's options: inter-op 1, "
-             "no spinning). Both at 1 and 2 threads (torch.set_num_threads; onnxruntime intra-op threads, where "
-             "1 is the runtime's default); on a busy 2-core machine, 2 torch threads can be far slower than 1, "
+             "[28, B, 28] input, sessions made by `edge_infer.Classifier(threads=...)` (so the runtime's options: "
+             "inter-op 1; worker threads spin only in multi-thread sessions). Both at 1 and 2 threads "
+             "(torch.set_num_threads; onnxruntime intra-op threads: the runtime's default, threads=None, uses 1 "
+             "below batch 256 and all cores from there on); on a busy 2-core machine, 2 torch threads can be far slower than 1, "
              "so 'vs torch' compares with torch's faster setting at that batch. All rows take turns in 10 "
              "rounds; medians. Bold: the faster thread setting of each engine, which the targets use.")
     return section("1. Inference: torch eager vs onnxruntime", about, results, "".join(checks)), models

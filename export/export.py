@@ -254,10 +254,9 @@ def export(checkpoint: Path, out: Path, test: Split, int8_out: Path | None = Non
 
     int8 = None
     if int8_out is not None:
-        # The MatMul+Add form: the only one whose recurrent weights the dynamic quantizer reaches. Each step
-        # projects its own input (no hoisting): ~10 % faster for int8 at batch 64 and up (benchmarks/).
+        # The MatMul+Add form: the only one whose recurrent weights the dynamic quantizer reaches.
         int8 = quantize_int8(build_model(weights, config.cell, config.hidden, config.layers, form="matmul",
-                                         gemm=False, opset=opset, hoist=False))
+                                         gemm=False, opset=opset))
         recurrent = integer_recurrent_ops(int8)
         if not recurrent:
             raise ExportError("int8 graph has no integer ops on the recurrent weights; nothing written")

@@ -5,11 +5,15 @@ The recurrence always runs time-major: input `rows` is float32 [28, N, 28] (time
 lean (short names, every constant once), never touches the batch_first path that old exporters rejected,
 and takes the form we choose:
 
-  "matmul" (default)  the input projection of all 28 steps hoisted into one Gemm, then one Gemm(+Relu) per
-                      step for the recurrence. Fastest here at every batch size, and `gemm=False` writes
-                      MatMul+Add instead, which onnxruntime's dynamic quantizer turns into int8 MatMulInteger
-                      for the recurrent weights too.
-  "node"              one ONNX RNN / GRU / LSTM node per layer (the textbook export; kept for comparison).
+  "matmul" (default)  the recurrence as one Gemm per step, h_t = Relu(Gemm(h_{t-1}, W_hh, x_t W_ih^T + b)),
+                      where each step projects its own input row. `gemm=False` writes MatMul+Add instead,
+                      which onnxruntime's dynamic quantizer turns into int8 MatMulInteger for the recurrent
+                      weights too.
+  "hoisted"           the same, but the input projection of all 28 steps is hoisted into one Gemm and then
+                      Split: 28 fewer nodes (~7 % faster at batch 1), but copying the big projected tensor
+                      makes it 10-15 % slower from batch 64 on (benchmarks in README.md).
+  "node"              one ONNX RNN / GRU / LSTM node per layer (the textbook export): one node, but
+                      onnxruntime's kernels are 2x slower than "matmul" from batch 64 on.
 
 Gate orders differ: torch GRU is (r, z, n), ONNX GRU (z, r, h); torch LSTM is (i, f, g, o), ONNX LSTM
 (i, o, f, c). Parity with torch is checked by export.export, never assumed.
@@ -20,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-FORMS = ("matmul", "node")
+FORMS = ("matmul", "hoisted", "node")
 INPUT, OUTPUT = "rows", "logits"
 STEPS, PIXELS, CLASSES = 28, 28, 10
 OPSET = 17  # the default; the exporter pins it and the matching IR version
@@ -57,12 +61,12 @@ class _Graph:
 
 
 def build_model(state: dict[str, np.ndarray], cell: str, hidden: int, layers: int, form: str = "matmul",
-                gemm: bool = True, opset: int = OPSET, hoist: bool = True) -> onnx.ModelProto:
+                gemm: bool = True, opset: int = OPSET) -> onnx.ModelProto:
     """An ONNX model computing the same logits as train.model.DigitRNN with these weights."""
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, not {form!r}")
-    g = _Graph(opset, hoist)
-    if form == "matmul":
+    g = _Graph(opset, hoist=form == "hoisted")
+    if form in ("matmul", "hoisted"):
         if not gemm:  # MatMul takes W^T as stored; transpose once here, not per step
             state = {k: (v.T.copy() if k.startswith("rnn.weight") or k == "fc.weight" else v) for k, v in state.items()}
         seq = g.op("Reshape", [INPUT, g.const("shape_rows", np.array([-1, PIXELS], np.int64))])  # [28N, 28]

@@ -12,7 +12,7 @@ from click.testing import CliRunner  # noqa: E402
 import export.export as exporter  # noqa: E402
 from edge_infer.model_info import ModelInfo  # noqa: E402
 from export.cli import main as edge_export  # noqa: E402
-from export.graph import build_model  # noqa: E402
+from export.graph import FORMS, build_model  # noqa: E402
 from train.model import CELLS, DigitRNN, ModelConfig  # noqa: E402
 from train.trainer import load_checkpoint  # noqa: E402
 
@@ -73,7 +73,7 @@ def test_both_graph_forms_match_torch_for_deep_models(cell, mnist):
     images = mnist[1].images[:64].numpy()
     with torch.no_grad():
         expected = model(torch.from_numpy(images).float().div(255).transpose(0, 1)).numpy()
-    for form in ("matmul", "node"):
+    for form in FORMS:
         got = run_rows(session(build_model(weights, cell, 20, 2, form=form)), images)
         assert np.abs(got - expected).max() <= 1e-5, form
 
