@@ -24,6 +24,7 @@ from benchlib import ROOT, add_common_args, machine_header, median, section, tab
 
 import training
 from edge_infer import Classifier
+from export.graph import FORMS, build_model
 from edge_infer.classifier import bundled_model_path
 from export.export import export, load_trained
 from train.data import Split, load_mnist
@@ -123,11 +124,36 @@ def measure(models: Exported, test: Split, quick: bool) -> tuple[str, list[str]]
     return results, checks
 
 
+def compare_forms(models: Exported, test: Split, quick: bool) -> str:
+    """fp32 graph forms side by side (export.graph.FORMS), same weights and metadata, 1 and 2 threads."""
+    import onnx
+
+    exported = onnx.load(models.fp32)
+    _, _, time_major = load_trained(models.checkpoint)
+    weights = {k: v.numpy() for k, v in time_major.state_dict().items()}
+    config = time_major.config
+    sessions = {}
+    for form in FORMS:
+        model = build_model(weights, config.cell, config.hidden, config.layers, form=form)
+        model.metadata_props.extend(exported.metadata_props)  # so that Classifier takes it
+        for threads in THREADS:
+            sessions[(form, threads)] = Classifier(model.SerializeToString(), threads=threads).session
+    rows = []
+    for batch in BATCHES:
+        rows_input = np.ascontiguousarray(test.floats(slice(0, batch)).numpy().transpose(1, 0, 2))
+        calls = {key: lambda s=s: s.run(["logits"], {"rows": rows_input}) for key, s in sessions.items()}
+        samples = timed(calls, reps=REPS[batch] // (10 if quick else 1), budget=BUDGET / (10 if quick else 1))
+        for form in FORMS:
+            rows.append([batch, form] + [f"{median(samples[(form, t)]) * 1e6:,.1f}" for t in THREADS])
+    return table(["batch", "fp32 graph form", *(f"µs, {t} thread{'s' if t > 1 else ''}" for t in THREADS)], rows)
+
+
 def run(checkpoint: Path | None, out: Path, data_dir: Path, quick: bool) -> tuple[str, Exported]:
     _, test = load_mnist(data_dir, download=False)
     path, origin = resolve_checkpoint(checkpoint, out, data_dir)
     models = export_models(path, origin, out, test)
     results, checks = measure(models, test, quick)
+    forms = compare_forms(models, test, quick)
     about = (f"Checkpoint `{models.checkpoint}` ({models.origin}), exported by this run with export.export "
              f"(parity with torch checked) to `{models.fp32}` ({_same_as_bundled(models.fp32, False)}; MNIST "
              f"test accuracy {models.fp32_accuracy:.2%}) and `{models.int8}` "
@@ -140,7 +166,10 @@ def run(checkpoint: Path | None, out: Path, data_dir: Path, quick: bool) -> tupl
              "below batch 256 and all cores from there on); on a busy 2-core machine, 2 torch threads can be far slower than 1, "
              "so 'vs torch' compares with torch's faster setting at that batch. All rows take turns in 10 "
              "rounds; medians. Bold: the faster thread setting of each engine, which the targets use.")
-    return section("1. Inference: torch eager vs onnxruntime", about, results, "".join(checks)), models
+    forms_about = ("\n\nThe fp32 graph forms `edge-export --form` can write (export/graph.py), from the same weights, "
+                   "timed the same way (session.run, medians; the default is `hoisted`):\n\n")
+    return section("1. Inference: torch eager vs onnxruntime", about, results,
+                   "".join(checks) + forms_about + forms), models
 
 
 def main() -> None:

@@ -221,7 +221,7 @@ def save(model: onnx.ModelProto, path: Path) -> None:
 
 
 def export(checkpoint: Path, out: Path, test: Split, int8_out: Path | None = None, opset: int = 17,
-           form: str = "matmul", parity_images: int = PARITY_IMAGES) -> ExportReport:
+           form: str = "hoisted", parity_images: int = PARITY_IMAGES) -> ExportReport:
     """Export checkpoint to out (and int8_out), running every check first. Raises ExportError."""
     if opset not in OPSETS:
         raise ExportError(f"--opset must be between {OPSETS[0]} and {OPSETS[-1]}, not {opset}")
@@ -255,7 +255,7 @@ def export(checkpoint: Path, out: Path, test: Split, int8_out: Path | None = Non
     int8 = None
     if int8_out is not None:
         # The MatMul+Add form: the only one whose recurrent weights the dynamic quantizer reaches.
-        int8 = quantize_int8(build_model(weights, config.cell, config.hidden, config.layers, form="matmul",
+        int8 = quantize_int8(build_model(weights, config.cell, config.hidden, config.layers, form="per-step",
                                          gemm=False, opset=opset))
         recurrent = integer_recurrent_ops(int8)
         if not recurrent:
@@ -267,7 +267,7 @@ def export(checkpoint: Path, out: Path, test: Split, int8_out: Path | None = Non
                               f"{fp32_accuracy:.2%} (limit {INT8_MAX_ACCURACY_DROP * 100:.1f}); nothing written")
         int8_checks = {"fp32_mnist_test_accuracy": round(fp32_accuracy, 6), "accuracy_drop": round(drop, 6),
                        "integer_recurrent_ops": len(recurrent), "weights": "int8 per-channel, dynamic uint8 activations"}
-        int8 = finish(int8, info("int8", int8_accuracy, int8_checks, "matmul-int8"), opset)
+        int8 = finish(int8, info("int8", int8_accuracy, int8_checks, "per-step-int8"), opset)
         report.int8_path, report.int8_accuracy = int8_out, int8_accuracy
 
     # Write only after every check passed.

@@ -5,15 +5,16 @@ The recurrence always runs time-major: input `rows` is float32 [28, N, 28] (time
 lean (short names, every constant once), never touches the batch_first path that old exporters rejected,
 and takes the form we choose:
 
-  "matmul" (default)  the recurrence as one Gemm per step, h_t = Relu(Gemm(h_{t-1}, W_hh, x_t W_ih^T + b)),
-                      where each step projects its own input row. `gemm=False` writes MatMul+Add instead,
-                      which onnxruntime's dynamic quantizer turns into int8 MatMulInteger for the recurrent
-                      weights too.
-  "hoisted"           the same, but the input projection of all 28 steps is hoisted into one Gemm and then
-                      Split: 28 fewer nodes (~7 % faster at batch 1), but copying the big projected tensor
-                      makes it 10-15 % slower from batch 64 on (benchmarks in README.md).
+  "hoisted" (default) the input projection of all 28 steps hoisted into one Gemm and Split per step, then
+                      the recurrence as one Gemm(+Relu, fused by onnxruntime) per step:
+                      h_t = Relu(Gemm(h_{t-1}, W_hh, C = x_t W_ih^T + b)). Fewest nodes: fastest at batch 1.
+  "per-step"          each step projects its own input row instead: 28 more nodes (~20 % slower at batch 1),
+                      but no copy of the big projected tensor by Split, so ~15 % faster from batch 64 on.
+                      With `gemm=False` it is written as MatMul+Add, which onnxruntime's dynamic quantizer
+                      turns into int8 MatMulInteger for the recurrent weights too: the int8 model's form.
   "node"              one ONNX RNN / GRU / LSTM node per layer (the textbook export): one node, but
-                      onnxruntime's kernels are 2x slower than "matmul" from batch 64 on.
+                      onnxruntime's kernels for it are 2x slower than the others from batch 64 on.
+  (benchmarks/inference.py times all three side by side.)
 
 Gate orders differ: torch GRU is (r, z, n), ONNX GRU (z, r, h); torch LSTM is (i, f, g, o), ONNX LSTM
 (i, o, f, c). Parity with torch is checked by export.export, never assumed.
@@ -24,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-FORMS = ("matmul", "hoisted", "node")
+FORMS = ("hoisted", "per-step", "node")
 INPUT, OUTPUT = "rows", "logits"
 STEPS, PIXELS, CLASSES = 28, 28, 10
 OPSET = 17  # the default; the exporter pins it and the matching IR version
@@ -60,13 +61,13 @@ class _Graph:
         return self.op("Add", [y, bias]) if bias else y
 
 
-def build_model(state: dict[str, np.ndarray], cell: str, hidden: int, layers: int, form: str = "matmul",
+def build_model(state: dict[str, np.ndarray], cell: str, hidden: int, layers: int, form: str = "hoisted",
                 gemm: bool = True, opset: int = OPSET) -> onnx.ModelProto:
     """An ONNX model computing the same logits as train.model.DigitRNN with these weights."""
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, not {form!r}")
     g = _Graph(opset, hoist=form == "hoisted")
-    if form in ("matmul", "hoisted"):
+    if form in ("hoisted", "per-step"):
         if not gemm:  # MatMul takes W^T as stored; transpose once here, not per step
             state = {k: (v.T.copy() if k.startswith("rnn.weight") or k == "fc.weight" else v) for k, v in state.items()}
         seq = g.op("Reshape", [INPUT, g.const("shape_rows", np.array([-1, PIXELS], np.int64))])  # [28N, 28]
