@@ -167,7 +167,7 @@ def run(checkpoint: Path | None, out: Path, data_dir: Path, quick: bool) -> tupl
              "so 'vs torch' compares with torch's faster setting at that batch. All rows take turns in 10 "
              "rounds; medians. Bold: the faster thread setting of each engine, which the targets use.")
     forms_about = ("\n\nThe fp32 graph forms `edge-export --form` can write (export/graph.py), from the same weights, "
-                   "timed the same way (session.run, medians; the default is `hoisted`):\n\n")
+                   "timed the same way (session.run, medians; the default is `per-step`):\n\n")
     return section("1. Inference: torch eager vs onnxruntime", about, results,
                    "".join(checks) + forms_about + forms), models
 

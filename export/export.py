@@ -221,7 +221,7 @@ def save(model: onnx.ModelProto, path: Path) -> None:
 
 
 def export(checkpoint: Path, out: Path, test: Split, int8_out: Path | None = None, opset: int = 17,
-           form: str = "hoisted", parity_images: int = PARITY_IMAGES) -> ExportReport:
+           form: str = "per-step", parity_images: int = PARITY_IMAGES) -> ExportReport:
     """Export checkpoint to out (and int8_out), running every check first. Raises ExportError."""
     if opset not in OPSETS:
         raise ExportError(f"--opset must be between {OPSETS[0]} and {OPSETS[-1]}, not {opset}")

@@ -5,13 +5,13 @@ The recurrence always runs time-major: input `rows` is float32 [28, N, 28] (time
 lean (short names, every constant once), never touches the batch_first path that old exporters rejected,
 and takes the form we choose:
 
-  "hoisted" (default) the input projection of all 28 steps hoisted into one Gemm and Split per step, then
-                      the recurrence as one Gemm(+Relu, fused by onnxruntime) per step:
-                      h_t = Relu(Gemm(h_{t-1}, W_hh, C = x_t W_ih^T + b)). Fewest nodes: fastest at batch 1.
-  "per-step"          each step projects its own input row instead: 28 more nodes (~20 % slower at batch 1),
-                      but no copy of the big projected tensor by Split, so ~15 % faster from batch 64 on.
-                      With `gemm=False` it is written as MatMul+Add, which onnxruntime's dynamic quantizer
-                      turns into int8 MatMulInteger for the recurrent weights too: the int8 model's form.
+  "per-step" (default) the recurrence as one Gemm(+Relu, fused by onnxruntime) per step,
+                      h_t = Relu(Gemm(h_{t-1}, W_hh, C = x_t W_ih^T + b)), where each step projects its own
+                      input row. With `gemm=False` it is written as MatMul+Add, which onnxruntime's dynamic
+                      quantizer turns into int8 MatMulInteger for the recurrent weights too (the int8 form).
+  "hoisted"           the input projection of all 28 steps hoisted into one Gemm, then Split per step:
+                      28 fewer nodes, ~5 us (~10 %) faster at batch 1, but Split copies the big projected
+                      tensor, which makes it 15-20 % slower from batch 64 on.
   "node"              one ONNX RNN / GRU / LSTM node per layer (the textbook export): one node, but
                       onnxruntime's kernels for it are 2x slower than the others from batch 64 on.
   (benchmarks/inference.py times all three side by side.)
@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-FORMS = ("hoisted", "per-step", "node")
+FORMS = ("per-step", "hoisted", "node")
 INPUT, OUTPUT = "rows", "logits"
 STEPS, PIXELS, CLASSES = 28, 28, 10
 OPSET = 17  # the default; the exporter pins it and the matching IR version
@@ -61,7 +61,7 @@ class _Graph:
         return self.op("Add", [y, bias]) if bias else y
 
 
-def build_model(state: dict[str, np.ndarray], cell: str, hidden: int, layers: int, form: str = "hoisted",
+def build_model(state: dict[str, np.ndarray], cell: str, hidden: int, layers: int, form: str = "per-step",
                 gemm: bool = True, opset: int = OPSET) -> onnx.ModelProto:
     """An ONNX model computing the same logits as train.model.DigitRNN with these weights."""
     if form not in FORMS:

@@ -73,9 +73,9 @@ def test_both_graph_forms_match_torch_for_deep_models(cell, mnist):
     images = mnist[1].images[:64].numpy()
     with torch.no_grad():
         expected = model(torch.from_numpy(images).float().div(255).transpose(0, 1)).numpy()
-    for form in FORMS:
-        got = run_rows(session(build_model(weights, cell, 20, 2, form=form)), images)
-        assert np.abs(got - expected).max() <= 1e-5, form
+    for form, gemm in [(form, True) for form in FORMS] + [("per-step", False)]:  # gemm=False: what int8 quantizes
+        got = run_rows(session(build_model(weights, cell, 20, 2, form=form, gemm=gemm)), images)
+        assert np.abs(got - expected).max() <= 1e-5, (form, gemm)
 
 
 def test_graph_is_time_major(exported):
