@@ -419,3 +419,23 @@ def test_large_batches_on_all_cores_give_the_same_answers(mnist_test):
     for a, b in zip(auto.classify(digits), single.classify(digits)):
         assert a.label == b.label
         np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-6)
+
+
+def test_rendered_font_digits(classifier):
+    """Printed digits: 0-9 in every DejaVu font on the machine, dark on white, as a renderer draws them."""
+    from PIL import ImageDraw, ImageFont
+
+    fonts = sorted(Path("/usr/share/fonts/truetype/dejavu").glob("*.ttf"))
+    if not fonts:
+        pytest.skip("no DejaVu fonts here")
+    images, labels = [], []
+    for font_path in fonts:
+        font = ImageFont.truetype(str(font_path), 120)
+        for digit in range(10):
+            page = Image.new("L", (160, 180), 255)
+            ImageDraw.Draw(page).text((30, 10), str(digit), fill=0, font=font)
+            images.append(page)
+            labels.append(digit)
+    predictions = classifier.predict_batch(images)
+    accuracy = np.mean([p.label == label for p, label in zip(predictions, labels)])
+    assert accuracy >= 0.9, f"{accuracy:.1%} of {len(labels)} rendered digits"
