@@ -26,8 +26,10 @@ from train.trainer import load_checkpoint, preset_recipe
 RUNS: dict[str, tuple[str, list[str], str]] = {
     "seed": ("(a) `--preset seed`: the reference notebook", ["--preset", "seed"], "seed"),
     "default": ("(b) default recipe", [], "default"),
-    "gru": ("(c) gru, default recipe: the best gated cell", ["--cell", "gru"], "default"),
+    "gru": ("(c) gru, default recipe", ["--cell", "gru"], "default"),
+    "lstm": ("(d) lstm, default recipe", ["--cell", "lstm"], "default"),
 }
+GATED = ("gru", "lstm")
 
 
 @dataclass
@@ -126,9 +128,12 @@ def report(runs: dict[str, Run]) -> str:
         checks.append(target("seed preset >= 97.8 % after 30 epochs",
                              f"{_pct(last['test_acc'])} after {len(run.history)} epochs",
                              last["test_acc"] >= 0.978 and len(run.history) == 30))
-    if "gru" in runs:
-        reach = runs["gru"].seconds_to(0.99)
-        checks.append(target("best gated cell (gru) >= 99.0 % within 3 minutes",
+    reached = {name: runs[name].seconds_to(0.99) for name in GATED if name in runs}
+    if reached:
+        # the best gated cell: the one that reaches 99 % first (None: never)
+        best = min(reached, key=lambda name: reached[name][0] if reached[name] else float("inf"))
+        reach = reached[best]
+        checks.append(target(f"best gated cell ({best}) >= 99.0 % within 3 minutes",
                              f"{reach[0]:.1f} s (epoch {reach[1]})" if reach else "never reached",
                              bool(reach and reach[0] <= 180)))
     note = ("Times are edge-train's own: cumulative training seconds at the end of each epoch (evaluation "
