@@ -19,7 +19,8 @@ def _fail(message: str, code: int = 2) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="fp32 model to write.")
 @click.option("--int8", "int8_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write a dynamically quantized int8 model here.")
-@click.option("--opset", type=int, default=OPSET, show_default=True)
+@click.option("--opset", type=click.IntRange(13, 21), default=OPSET, show_default=True,
+              help="ONNX opset; the IR version follows it (17: onnxruntime >= 1.16).")
 @click.option("--form", type=click.Choice(FORMS), default="per-step", show_default=True,
               help="fp32 graph form: 'per-step' (fastest from batch 64 on), 'hoisted' (~10% faster at batch 1) "
                    "or 'node' (one ONNX RNN/GRU/LSTM node per layer); see export/graph.py.")
@@ -33,6 +34,9 @@ def main(checkpoint, out, int8_out, opset, form, data_dir, no_download) -> None:
 
     if not checkpoint.is_file():
         _fail(f"no checkpoint at {checkpoint}")
+    for path in (out, int8_out):
+        if path is not None and path.is_dir():
+            _fail(f"{path} is a directory; give the .onnx file to write")
     try:
         _, test = load_mnist(data_dir, download=not no_download)
         report = export(checkpoint, out, test, int8_out=int8_out, opset=opset, form=form)
@@ -40,4 +44,6 @@ def main(checkpoint, out, int8_out, opset, form, data_dir, no_download) -> None:
         _fail(str(error), code=2)
     except ExportError as error:  # a check failed
         _fail(str(error), code=1)
+    except OSError as error:  # e.g. no permission to write there
+        _fail(f"cannot write the model: {error.strerror or error} ({error.filename or out})", code=1)
     click.echo(report.summary())

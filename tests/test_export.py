@@ -186,3 +186,13 @@ def test_parity_check_fails_on_tampered_model(small_checkpoints, mnist, tmp_path
     with pytest.raises(exporter.ExportError, match="parity check failed"):
         exporter.export(small_checkpoints["rnn"], tmp_path / "m.onnx", mnist[1])
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_bad_output_paths_and_opset(small_checkpoints, data_root, tmp_path):
+    common = ["--data-dir", str(data_root), "--no-download"]
+    folder = tmp_path / "a-dir"
+    folder.mkdir()
+    for args in ([str(small_checkpoints["rnn"]), "--out", str(folder)],
+                 [str(small_checkpoints["rnn"]), "--out", str(tmp_path / "m.onnx"), "--opset", "9"]):
+        result = CliRunner().invoke(edge_export, args + common)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output

@@ -181,3 +181,12 @@ def test_existing_run_is_not_overwritten(tmp_path, data_root):
     result = CliRunner().invoke(edge_train, ["--data-dir", str(data_root), "--no-download", "--out", str(out)])
     assert result.exit_code == 2 and "--resume" in result.output
     assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_out_that_is_a_file_is_one_line(tmp_path, data_root):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = CliRunner().invoke(edge_train, ["--out", str(blocker / "run"), "--data-dir", str(data_root),
+                                             "--no-download", "--limit-train", "100", "--epochs", "1", "--quiet"])
+    assert result.exit_code == 2 and "cannot create the run directory" in result.output
+    assert "Traceback" not in result.output

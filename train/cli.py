@@ -85,6 +85,10 @@ def main(preset, cell, hidden, layers, epochs, lr, batch_size, augment, data_dir
                   f"{trainer.recipe.epochs} epochs; it cannot be resumed with a different --epochs")
         trainer.recipe = replace(trainer.recipe, epochs=epochs)
 
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        _fail(f"cannot create the run directory {out_dir}: {error.strerror or error}")
     log(f"training {trainer.config.cell}-{trainer.config.hidden}x{trainer.config.layers} on {len(trainer.train_split)} "
         f"images ({device}), recipe {trainer.recipe}, into {out_dir}")
     try:
@@ -96,6 +100,8 @@ def main(preset, cell, hidden, layers, epochs, lr, batch_size, augment, data_dir
         sys.exit(130)
     except TrainingDiverged as error:
         _fail(str(error), code=1)
+    except OSError as error:  # e.g. the disk filled up while writing a checkpoint
+        _fail(f"cannot write to {out_dir}: {error.strerror or error}", code=1)
     if history:
         last = history[-1]
         click.echo(f"done: test accuracy {last['test_acc']:.2%} after {last['epoch']} epochs, "
