@@ -54,7 +54,9 @@ def load_digit(path: str, stdin: bytes | None = None) -> np.ndarray | str:
     try:
         return preprocess(stdin if path == "-" else path)
     except ImageError as error:
-        return str(error).replace(f": {path}", "").replace(f"{path}: ", "")  # the path is printed anyway
+        # the path is printed beside the message anyway (stdin's bytes are named "image bytes")
+        name = "image bytes" if path == "-" else path
+        return str(error).replace(f": {name}", "").replace(f"{name}: ", "")
     except Exception as error:  # a decoder bug must not take the rest of the batch down
         return f"unexpected {type(error).__name__}: {' '.join(str(error).split())[:200]}"
 
