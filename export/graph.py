@@ -10,7 +10,7 @@ and takes the form we choose:
                       input row. With `gemm=False` it is written as MatMul+Add, which onnxruntime's dynamic
                       quantizer turns into int8 MatMulInteger for the recurrent weights too (the int8 form).
   "hoisted"           the input projection of all 28 steps hoisted into one Gemm, then Split per step:
-                      28 fewer nodes, ~5 us (~10 %) faster at batch 1, but Split copies the big projected
+                      28 fewer nodes, ~10 us (~20 %) faster at batch 1, but Split copies the big projected
                       tensor, which makes it 15-20 % slower from batch 64 on.
   "node"              one ONNX RNN / GRU / LSTM node per layer (the textbook export): one node, but
                       onnxruntime's kernels for it are 2x slower than the others from batch 64 on.
