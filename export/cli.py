@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from export.graph import FORMS, OPSET
+from export.graph import FORMS, OPSET, OPSETS
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -19,7 +19,7 @@ def _fail(message: str, code: int = 2) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="fp32 model to write.")
 @click.option("--int8", "int8_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write a dynamically quantized int8 model here.")
-@click.option("--opset", type=click.IntRange(13, 21), default=OPSET, show_default=True,
+@click.option("--opset", type=click.IntRange(OPSETS[0], OPSETS[-1]), default=OPSET, show_default=True,
               help="ONNX opset; the IR version follows it (17: onnxruntime >= 1.16).")
 @click.option("--form", type=click.Choice(FORMS), default="per-step", show_default=True,
               help="fp32 graph form: 'per-step' (fastest from batch 64 on), 'hoisted' (~20% faster at batch 1) "

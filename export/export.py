@@ -22,7 +22,7 @@ import torch
 from onnx import numpy_helper
 
 from edge_infer.model_info import INPUT_NAME, ModelInfo
-from export.graph import FORMS, build_model
+from export.graph import FORMS, IR_FOR_OPSET, MIN_ORT_FOR_OPSET, OPSETS, build_model
 from train.data import Split
 from train.model import DigitRNN, ModelConfig
 from train.trainer import atomic_write, load_checkpoint
@@ -30,11 +30,6 @@ from train.trainer import atomic_write, load_checkpoint
 PARITY_IMAGES = 1000
 PARITY_MAX_ABS_DIFF = 1e-4
 INT8_MAX_ACCURACY_DROP = 0.003  # fraction: 0.3 percentage points
-# Lowest onnxruntime that runs each opset; we never claim less than 1.16.
-MIN_ORT_FOR_OPSET = {13: "1.16", 14: "1.16", 15: "1.16", 16: "1.16", 17: "1.16", 18: "1.16", 19: "1.16",
-                     20: "1.17", 21: "1.18"}
-IR_FOR_OPSET = {13: 7, 14: 7, 15: 8, 16: 8, 17: 8, 18: 8, 19: 9, 20: 9, 21: 10}
-OPSETS = tuple(MIN_ORT_FOR_OPSET)
 
 
 class ExportError(RuntimeError):

@@ -29,6 +29,11 @@ FORMS = ("per-step", "hoisted", "node")
 INPUT, OUTPUT = "rows", "logits"
 STEPS, PIXELS, CLASSES = 28, 28, 10
 OPSET = 17  # the default; the exporter pins it and the matching IR version
+# Lowest onnxruntime that runs each opset; we never claim less than 1.16.
+MIN_ORT_FOR_OPSET = {13: "1.16", 14: "1.16", 15: "1.16", 16: "1.16", 17: "1.16", 18: "1.16", 19: "1.16",
+                     20: "1.17", 21: "1.18"}
+IR_FOR_OPSET = {13: 7, 14: 7, 15: 8, 16: 8, 17: 8, 18: 8, 19: 9, 20: 9, 21: 10}
+OPSETS = tuple(MIN_ORT_FOR_OPSET)
 
 
 class _Graph:
