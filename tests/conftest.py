@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +24,19 @@ def _require_mnist() -> Path:
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     return _require_mnist()
+
+
+def read_idx(raw: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST straight from the IDX files (no torchvision: the runtime side must not need it)."""
+    images = np.fromfile(raw / f"{split}-images-idx3-ubyte", np.uint8, offset=16).reshape(-1, 28, 28)
+    labels = np.fromfile(raw / f"{split}-labels-idx1-ubyte", np.uint8, offset=8).astype(np.int64)
+    return images, labels
+
+
+@pytest.fixture(scope="session")
+def mnist_test(data_root) -> tuple[np.ndarray, np.ndarray]:
+    """The 10,000 MNIST test images (uint8 [N, 28, 28]) and labels, as numpy arrays."""
+    return read_idx(data_root / "MNIST" / "raw", "t10k")
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,11 +10,6 @@ from PIL import Image, ImageDraw, ImageFont, JpegImagePlugin
 
 from edge_infer.preprocess import MAX_PIXELS, ImageError, load_image, preprocess, to_grey, to_mnist
 
-# real MNIST beside the project; EDGE_INFER_MNIST_DIR (the raw/ folder) or conftest's EDGE_INFER_DATA override it
-MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "MNIST" / "raw"
-if os.environ.get("EDGE_INFER_DATA"):
-    MNIST_DIR = Path(os.environ["EDGE_INFER_DATA"]) / "MNIST" / "raw"
-MNIST_DIR = Path(os.environ.get("EDGE_INFER_MNIST_DIR", MNIST_DIR))
 YX = np.arange(28)
 
 
@@ -86,14 +79,9 @@ def assert_one_line_error(image, match: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def mnist_images() -> np.ndarray:
-    """The first 500 real MNIST test digits, read straight from the IDX file (16-byte header)."""
-    path = MNIST_DIR / "t10k-images-idx3-ubyte"
-    if not path.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"MNIST test images not found at {path}")  # CI must not pass by skipping
-        pytest.skip(f"MNIST test images not found at {path} (set EDGE_INFER_MNIST_DIR)")
-    return np.fromfile(path, dtype=np.uint8)[16:].reshape(-1, 28, 28)[:500]
+def mnist_images(mnist_test) -> np.ndarray:
+    """The first 500 real MNIST test digits (conftest reads them from the IDX files)."""
+    return mnist_test[0][:500]
 
 
 @pytest.mark.parametrize("variant", ["uint8", "float", "inverted", "png"])

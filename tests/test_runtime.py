@@ -25,18 +25,6 @@ from .conftest import ROOT
 EXAMPLES = sorted((ROOT / "examples").glob("*.png"))
 
 
-def read_idx(raw: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """MNIST straight from the IDX files (no torchvision: the runtime side must not need it)."""
-    images = np.fromfile(raw / f"{split}-images-idx3-ubyte", np.uint8, offset=16).reshape(-1, 28, 28)
-    labels = np.fromfile(raw / f"{split}-labels-idx1-ubyte", np.uint8, offset=8).astype(np.int64)
-    return images, labels
-
-
-@pytest.fixture(scope="module")
-def mnist_test(data_root) -> tuple[np.ndarray, np.ndarray]:
-    return read_idx(data_root / "MNIST" / "raw", "t10k")
-
-
 @pytest.fixture(scope="module")
 def classifier() -> Classifier:
     return Classifier()
