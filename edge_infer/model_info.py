@@ -18,6 +18,9 @@ PREPROCESSING = ("MNIST form: 28x28 grey image, ink bright (1.0) on a dark (0.0)
                  "placed with its centre of mass at the centre; any normalisation happens inside the graph")
 
 
+OPTIONAL = frozenset({"calibration"})  # metadata that older edge-infer models lack
+
+
 @dataclass
 class ModelInfo:
     precision: str  # "fp32" | "int8"
@@ -28,6 +31,9 @@ class ModelInfo:
     min_onnxruntime: str
     opset: int
     checks: dict = field(default_factory=dict)  # what the exporter verified (parity, int8 accuracy delta)
+    # temperature scaling folded into the logits (the probabilities are calibrated): temperature, and the
+    # held-out images and ECE it was fitted on; {} for uncalibrated models
+    calibration: dict = field(default_factory=dict)
     labels: list[str] = field(default_factory=lambda: [str(d) for d in range(10)])
     input_layout: str = INPUT_LAYOUT
     preprocessing: str = PREPROCESSING
@@ -44,6 +50,8 @@ class ModelInfo:
         values = {}
         for f in fields(cls):
             if f.name not in props:
+                if f.name in OPTIONAL:
+                    continue  # models exported before the field existed
                 raise ValueError(f"model metadata lacks {f.name!r}")
             text = props[f.name]
             values[f.name] = text if f.type == "str" else json.loads(text)

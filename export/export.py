@@ -73,15 +73,23 @@ def package_version() -> str:
 
 
 def load_trained(checkpoint: Path) -> tuple[dict, DigitRNN, DigitRNN]:
-    """(checkpoint, batch-first model as trained, time-major rebuild with the same weights)."""
+    """(checkpoint, batch-first model as trained, time-major rebuild with the same weights), both with the
+    checkpoint's calibration temperature folded into their last layer."""
     try:
         state = load_checkpoint(checkpoint)
         config = ModelConfig(**state["model_config"])
         trained, time_major = DigitRNN(config, batch_first=True), DigitRNN(config, batch_first=False)
         trained.load_state_dict(state["model"])
         time_major.load_state_dict(state["model"])
+        temperature = float(state.get("calibration", {}).get("temperature", 1.0))
     except (ValueError, KeyError, TypeError, RuntimeError) as error:
         raise CheckpointError(" ".join(str(error).split())[:300]) from None
+    if not temperature > 0:
+        raise CheckpointError(f"calibration temperature must be positive, not {temperature}")
+    with torch.no_grad():  # calibrated logits = logits / T: folded into the last layer, free at run time
+        for model in (trained, time_major):
+            model.fc.weight.div_(temperature)
+            model.fc.bias.div_(temperature)
     return state, trained.eval(), time_major.eval()
 
 
@@ -233,7 +241,7 @@ def export(checkpoint: Path, out: Path, test: Split, int8_out: Path | None = Non
         return ModelInfo(precision=precision, mnist_test_accuracy=round(accuracy, 6),
                          model={**config.to_dict(), "graph": graph_form}, recipe=state["recipe"],
                          package_version=package_version(), min_onnxruntime=MIN_ORT_FOR_OPSET[opset], opset=opset,
-                         checks=checks)
+                         checks=checks, calibration=state.get("calibration", {}))
 
     fp32 = build_model(weights, config.cell, config.hidden, config.layers, form=form, gemm=True, opset=opset)
     max_diff, agreement = check_parity(fp32, trained, time_major, images[:parity_images])

@@ -1,0 +1,77 @@
+"""Training for the real world: the synthetic pool, calibration folded into the export, and the bundled
+model on real-world digits it never saw (the sets of benchmarks/realworld.py)."""
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_infer import Classifier
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+torch = pytest.importorskip("torch")
+
+
+def test_pool_is_deterministic_and_in_mnist_form(mnist):
+    from train.synth import PoolSpec, build_pool
+
+    train, _ = mnist
+    images, labels = train.images[:200].numpy(), train.labels[:200].numpy()
+    spec = PoolSpec(degraded=40, strokes=40, printed=20, seed=3)
+    one, one_labels = build_pool(images, labels, spec, workers=1)
+    two, two_labels = build_pool(images, labels, spec, workers=2)
+    assert one.shape == (100, 28, 28) and one.dtype == np.uint8
+    assert np.array_equal(one, two) and np.array_equal(one_labels, two_labels)  # whatever the worker count
+    other, _ = build_pool(images, labels, replace(spec, seed=4), workers=1)
+    assert not np.array_equal(one, other)
+    assert set(one_labels[40:]) == set(range(10))  # strokes and printed cover every digit
+    # MNIST form: ink (mostly saturated) in every image, centre of mass ~(14, 14)
+    peaks = one.reshape(100, -1).max(1)
+    assert peaks.min() >= 128 and np.median(peaks) == 255
+    ys, xs = np.mgrid[0:28, 0:28]
+    mass = one.sum(axis=(1, 2)).astype(float)
+    cy, cx = (one * ys).sum(axis=(1, 2)) / mass, (one * xs).sum(axis=(1, 2)) / mass
+    assert np.abs(cy - 14).max() < 2.0 and np.abs(cx - 14).max() < 2.0
+
+
+def test_continental_styles_are_drawn(tmp_path):
+    """The templates the issue names exist and draw distinct shapes (a crossed 7 has more ink than a plain 7)."""
+    from train.synth import STYLES, stroke_digit
+
+    assert len(STYLES[7]) >= 4 and len(STYLES[1]) >= 4 and len(STYLES[4]) >= 2 and len(STYLES[9]) >= 3
+    page = stroke_digit(7, np.random.default_rng(0))
+    assert page.ndim == 2 and page.min() < 0.3 and page.max() > 0.9  # dark ink on light paper
+
+
+def test_calibration_is_fitted_and_folded_into_the_export(tmp_path, mnist):
+    from export.export import export, load_trained, onnx_logits
+    from train.model import ModelConfig
+    from train.trainer import PRESETS, Trainer
+
+    train, test = mnist
+    recipe = replace(PRESETS["default"], epochs=1, synthetic=0.3, calibration_images=300)
+    trainer = Trainer(tmp_path, ModelConfig("rnn", 32, 1), recipe, train.head(3000), test, seed=0, progress_bar=False)
+    assert len(trainer.calibration_split) == 600  # 300 held-out MNIST images and a synthetic twin each
+    assert len(trainer.train_split) == 2700 + round(2700 * 0.3)
+    trainer.fit()
+    calibration = trainer.calibration
+    assert calibration["images"] == 600 and calibration["temperature"] > 0
+    assert calibration["nll_after"] <= calibration["nll_before"]
+
+    export(tmp_path / "checkpoint.pt", tmp_path / "m.onnx", test)
+    classifier = Classifier(tmp_path / "m.onnx")
+    assert classifier.info.calibration == calibration
+    # the ONNX logits are the trained weights' logits divided by T (folded into the last layer)
+    _, calibrated, _ = load_trained(tmp_path / "checkpoint.pt")
+    plain = calibrated.__class__(calibrated.config).eval()
+    plain.load_state_dict(torch.load(tmp_path / "checkpoint.pt", weights_only=True)["model"])
+    images = test.images[:200].numpy()
+    with torch.no_grad():
+        uncalibrated = plain(torch.from_numpy(images).float() / 255).numpy()
+    ours = onnx_logits((tmp_path / "m.onnx").read_bytes(), images)
+    assert np.allclose(ours * calibration["temperature"], uncalibrated, atol=1e-4)
