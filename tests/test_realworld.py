@@ -39,13 +39,20 @@ def test_pool_is_deterministic_and_in_mnist_form(mnist):
     assert np.abs(cy - 14).max() < 2.0 and np.abs(cx - 14).max() < 2.0
 
 
-def test_continental_styles_are_drawn(tmp_path):
-    """The templates the issue names exist and draw distinct shapes (a crossed 7 has more ink than a plain 7)."""
+def test_continental_styles_are_drawn():
+    """The styles the issue names are templates, drawn as dark strokes on light paper: a crossed 7 and a
+    1 with a foot put more ink on the page than the plain ones drawn with the same pen."""
     from train.synth import STYLES, stroke_digit
 
     assert len(STYLES[7]) >= 4 and len(STYLES[1]) >= 4 and len(STYLES[4]) >= 2 and len(STYLES[9]) >= 3
-    page = stroke_digit(7, np.random.default_rng(0))
-    assert page.ndim == 2 and page.min() < 0.3 and page.max() > 0.9  # dark ink on light paper
+
+    def ink(label: int, style: int) -> float:
+        page = stroke_digit(label, np.random.default_rng(5), style=style)
+        assert page.min() < 0.5 and np.median(page) > 0.6
+        return float((1.0 - page).sum())
+
+    assert ink(7, 1) > 1.1 * ink(7, 0)  # crossed 7
+    assert ink(1, 3) > 1.1 * ink(1, 1)  # flag and foot vs flag
 
 
 def test_calibration_is_fitted_and_folded_into_the_export(tmp_path, mnist):

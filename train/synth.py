@@ -188,9 +188,11 @@ def _catmull_rom(points: np.ndarray, per_segment: int = 6) -> np.ndarray:
     return np.vstack(out)
 
 
-def stroke_digit(label: int, rng: np.random.Generator) -> np.ndarray:
-    """A digit drawn with a round pen from one of its style templates; grey page, 1.0 = white."""
-    strokes = STYLES[label][int(rng.integers(len(STYLES[label])))]
+def stroke_digit(label: int, rng: np.random.Generator, style: int | None = None) -> np.ndarray:
+    """A digit drawn with a round pen from one of its style templates (random unless given); grey page,
+    1.0 = white."""
+    pick = int(rng.integers(len(STYLES[label])))
+    strokes = STYLES[label][pick if style is None else style]
     aspect = rng.uniform(0.45, 1.0) if label != 1 else rng.uniform(0.15, 0.7)
     shear, angle = rng.uniform(-0.35, 0.3), rng.uniform(-0.15, 0.15)
     jitter = rng.uniform(0.0, 0.05)
