@@ -126,9 +126,13 @@ def tablet(mnist_images: np.ndarray, mnist_labels: np.ndarray, count: int) -> li
         transparent = rng.random() < 0.3
         canvas = Image.new("L", (56 * scale, 56 * scale), 0)
         draw = ImageDraw.Draw(canvas)
-        for y, x in zip(*np.nonzero(skeleton), strict=True):
+        points = set(zip(*np.nonzero(skeleton), strict=True))
+        for y, x in points:  # the pen's path: a round dab at each skeleton pixel, joined to its neighbours
             cx, cy = (x + 0.5) * scale, (y + 0.5) * scale
             draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=255)
+            for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):
+                if (y + dy, x + dx) in points:
+                    draw.line((cx, cy, cx + dx * scale, cy + dy * scale), fill=255, width=max(1, round(2 * radius)))
         ink = canvas.resize((224, 224), Image.Resampling.BOX)
         if transparent:  # black strokes on a fully transparent canvas (hidden colour black)
             img = Image.merge("RGBA", (Image.new("L", ink.size, 0),) * 3 + (ink,))

@@ -34,6 +34,7 @@ NOISE_SIGMAS = 3.5       # background residuals below this many sigmas are noise
 MIN_CONTRAST = 0.05      # ink weaker than this (on a 0..1 scale) is not a digit, e.g. a blank JPEG page
 INK_PERCENTILE = 95      # this percentile of ink maps to 1.0 (MNIST stroke cores are saturated)
 STRONG_INK = 0.25        # pixels at least this inky decide the crop on large images
+MIN_GAP = 0.02           # gaps in the ink up to this fraction of the image always belong to one digit
 THIN_W20 = 0.7           # strokes thinner than this at the 20 px scale get thickened (MNIST's thinnest: 0.81)
 TARGET_W20 = 2.2         # ... up to about this width (MNIST: median 2.5, lower quartile 2.1)
 THICKEN_SIZE = 4 * BOX   # intermediate resolution at which thin strokes are thickened
@@ -380,8 +381,10 @@ def _main_run(profile: np.ndarray) -> tuple[int, int]:
     """[start, end) of the heaviest run of non-zero entries, grown over nearby runs.
 
     Runs closer than half the current extent are parts of the same digit (a broken
-    stroke, a detached bar); farther ones are something else.
+    stroke, a detached bar); farther ones are something else. Gaps up to MIN_GAP of the
+    profile's length always join, so a dotted or skipping pen grows from its first dot.
     """
+    min_gap = max(2.0, MIN_GAP * profile.size)
     idx = np.flatnonzero(profile)
     cut = np.flatnonzero(np.diff(idx) > 1)
     starts, ends = idx[np.r_[0, cut + 1]], idx[np.r_[cut, idx.size - 1]] + 1
@@ -389,9 +392,9 @@ def _main_run(profile: np.ndarray) -> tuple[int, int]:
     i = j = int(mass.argmax())
     while True:
         extent = ends[j] - starts[i]
-        if i > 0 and starts[i] - ends[i - 1] <= extent / 2:
+        if i > 0 and starts[i] - ends[i - 1] <= max(extent / 2, min_gap):
             i -= 1
-        elif j < len(starts) - 1 and starts[j + 1] - ends[j] <= extent / 2:
+        elif j < len(starts) - 1 and starts[j + 1] - ends[j] <= max(extent / 2, min_gap):
             j += 1
         else:
             return int(starts[i]), int(ends[j])

@@ -178,6 +178,20 @@ def test_specks_far_from_the_digit_are_ignored():
     np.testing.assert_allclose(preprocess(dusty), preprocess(clean), atol=0.05)
 
 
+@pytest.mark.parametrize("spacing", [7, 9])
+def test_dotted_or_skipping_pen_is_one_digit(spacing):
+    """A pen that skips (dots or dashes a few pixels apart) is one digit, not its first dot blown up to
+    fill the whole box."""
+    page = Image.new("L", (300, 300), 255)
+    draw = ImageDraw.Draw(page)
+    for y in range(40, 260, spacing):
+        draw.ellipse((148, y - 2, 152, y + 2), fill=0)  # a dotted vertical stroke: a 1
+    digit = preprocess(page)
+    rows, cols = np.flatnonzero(digit.any(1)), np.flatnonzero(digit.any(0))
+    assert rows.size == 20 and cols.size <= 6  # fits the 20 px box by its height, narrow like a 1
+
+
+
 @pytest.mark.parametrize("width", [1, 2])
 def test_thin_pen_strokes_are_thickened(width):
     img = Image.new("L", (600, 600), 255)
