@@ -34,6 +34,7 @@ NOISE_SIGMAS = 3.5       # background residuals below this many sigmas are noise
 MIN_CONTRAST = 0.05      # ink weaker than this (on a 0..1 scale) is not a digit, e.g. a blank JPEG page
 INK_PERCENTILE = 95      # this percentile of ink maps to 1.0 (MNIST stroke cores are saturated)
 STRONG_INK = 0.25        # pixels at least this inky decide the crop on large images
+BORDER_NOT_PAPER = 0.3   # a fitted background this far (0..1 scale) from agreeing corners is ink, not paper
 MIN_GAP = 0.02           # gaps in the ink up to this fraction of the image always belong to one digit
 THIN_W20 = 0.7           # strokes thinner than this at the 20 px scale get thickened (MNIST's thinnest: 0.81)
 TARGET_W20 = 2.2         # ... up to about this width (MNIST: median 2.5, lower quartile 2.1)
@@ -261,8 +262,39 @@ def _ink_map(g: np.ndarray) -> np.ndarray | None:
     pixels that are not ink; ink is whatever sticks out of it. Which side it sticks out
     on decides the polarity, which is more reliable than comparing a border to the whole
     image when the lighting falls off towards the border.
+
+    A digit that fills its box (cut from a form or an envelope, thick pen) covers so much of
+    the border that no background can be fitted there; the corners, which digits rarely
+    reach, are then the paper.
     """
     surface, sigma = _fit_background(g)
+    corners = _corner_background(g)
+    if corners is not None:
+        fitted = surface if surface.ndim == 0 else surface[[0, 0, -1, -1], [0, -1, 0, -1]].mean()
+        if abs(float(fitted) - float(corners[0])) > BORDER_NOT_PAPER:  # the fit took the ink for the paper
+            return _ink_against(g, *corners)
+    ink = _ink_against(g, surface, sigma)
+    if ink is None and corners is not None:  # no ink against the fit (all of it counted as border noise)
+        ink = _ink_against(g, *corners)
+    return ink
+
+
+def _corner_background(g: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """A constant background from the four corner patches (sampled at most 8x8 each), if they agree."""
+    h, w = g.shape
+    k = max(1, min(h, w) // 8)
+    step = max(1, k // 8)
+    patches = np.concatenate([g[:k:step, :k:step].ravel(), g[:k:step, -k::step].ravel(),
+                              g[-k::step, :k:step].ravel(), g[-k::step, -k::step].ravel()])
+    level = float(np.median(patches))
+    spread = 1.4826 * float(np.median(np.abs(patches - level)))
+    if spread > 0.05:  # the corners disagree: no paper to be found
+        return None
+    return np.array(level, np.float32), spread
+
+
+def _ink_against(g: np.ndarray, surface: np.ndarray, sigma: float) -> np.ndarray | None:
+    """The ink of g against a background surface with noise sigma (see _ink_map)."""
     flat = surface.ndim == 0  # a constant background (see _fit_background)
     r = g - surface
     tol = NOISE_SIGMAS * sigma + 1e-4

@@ -178,6 +178,18 @@ def test_specks_far_from_the_digit_are_ignored():
     np.testing.assert_allclose(preprocess(dusty), preprocess(clean), atol=0.05)
 
 
+def test_digit_filling_its_box_with_a_thick_pen_is_found():
+    """Cut from a form or an envelope: a thick digit touching all four sides of a 16x16 box, more ink than
+    paper on the border. Only the corners are paper."""
+    ys, xs = np.mgrid[0:16, 0:16]
+    r = np.hypot(ys - 7.5, xs - 7.5)
+    page = np.where((r > 3.5) & (r < 9.2), 0.0, 1.0).astype(np.float32)  # a fat 0 touching every side
+    assert page[0].mean() < 0.5 and page[:, 0].mean() < 0.5 and page[0, 0] == 1.0
+    digit = preprocess(page)
+    assert digit.sum() > 20
+    assert digit[14, 14] < 0.2 and digit.max() == 1.0  # the 0's hole stays a hole, the ring is ink
+
+
 @pytest.mark.parametrize("spacing", [7, 9])
 def test_dotted_or_skipping_pen_is_one_digit(spacing):
     """A pen that skips (dots or dashes a few pixels apart) is one digit, not its first dot blown up to
