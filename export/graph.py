@@ -25,9 +25,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from edge_infer.model_info import CLASSES, INPUT_NAME, OUTPUT_NAME, PIXELS, STEPS
+
 FORMS = ("per-step", "hoisted", "node")
-INPUT, OUTPUT = "rows", "logits"
-STEPS, PIXELS, CLASSES = 28, 28, 10
 OPSET = 17  # the default; the exporter pins it and the matching IR version
 # Lowest onnxruntime that runs each opset; we never claim less than 1.16.
 MIN_ORT_FOR_OPSET = {13: "1.16", 14: "1.16", 15: "1.16", 16: "1.16", 17: "1.16", 18: "1.16", 19: "1.16",
@@ -66,7 +66,7 @@ class _Graph:
         return self.op("Add", [y, bias]) if bias else y
 
 
-def build_model(state: dict[str, np.ndarray], cell: str, hidden: int, layers: int, form: str = "per-step",
+def build_graph(state: dict[str, np.ndarray], cell: str, hidden: int, layers: int, form: str = "per-step",
                 gemm: bool = True, opset: int = OPSET) -> onnx.ModelProto:
     """An ONNX model computing the same logits as train.model.DigitRNN with these weights."""
     if form not in FORMS:
@@ -75,30 +75,33 @@ def build_model(state: dict[str, np.ndarray], cell: str, hidden: int, layers: in
     if form in ("hoisted", "per-step"):
         if not gemm:  # MatMul takes W^T as stored; transpose once here, not per step
             state = {k: (v.T.copy() if k.startswith("rnn.weight") or k == "fc.weight" else v) for k, v in state.items()}
-        seq = g.op("Reshape", [INPUT, g.const("shape_rows", np.array([-1, PIXELS], np.int64))])  # [28N, 28]
+        seq = g.op("Reshape", [INPUT_NAME, g.const("shape_rows", np.array([-1, PIXELS], np.int64))])  # [28N, 28]
         last = None
         for layer in range(layers):
-            step = {"rnn": _rnn_step, "gru": _gru_step, "lstm": _lstm_step}[cell]
-            outputs = step(g, seq, state, layer, hidden, gemm)
+            build_layer = {"rnn": _rnn_layer, "gru": _gru_layer, "lstm": _lstm_layer}[cell]
+            outputs = build_layer(g, seq, state, layer, hidden, gemm)
             last = outputs[-1]
             if layer + 1 < layers:
                 seq = g.op("Concat", outputs, axis=0)  # [28N, H]: the next layer's input sequence
         final = last
     else:
-        seq = INPUT
+        seq = INPUT_NAME
         for layer in range(layers):
             y, y_h = _recurrent_node(g, seq, state, cell, layer, hidden)
             seq = g.op("Squeeze", [y, g.const("axis1", np.array([1], np.int64))])  # [28, N, H]
         final = g.op("Squeeze", [y_h, g.const("axis0", np.array([0], np.int64))])  # [N, H]
     logits = g.linear(final, g.const("Wo", state["fc.weight"]), g.const("bo", state["fc.bias"]), gemm)
-    g.nodes[-1].output[0] = OUTPUT  # the last node (Gemm, or MatMul's Add) produces the logits
+    g.nodes[-1].output[0] = OUTPUT_NAME  # the last node (Gemm, or MatMul's Add) produces the logits
     graph = helper.make_graph(
         g.nodes, "digit_rnn",
-        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [STEPS, "N", PIXELS])],
-        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", CLASSES])],
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [STEPS, "N", PIXELS])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", CLASSES])],
         list(g.initializers.values()))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="edge-infer")
     return model
+
+
+build_model = build_graph  # the old name, for code written before the rename
 
 
 def _weights(g: _Graph, state: dict[str, np.ndarray], layer: int, gates: int, hidden: int,
@@ -121,7 +124,8 @@ def _input_steps(g: _Graph, seq: str, w_ih: str, b_ih: str, gemm: bool) -> list[
     return [g.linear(x_t, w_ih, b_ih, gemm) for x_t in g.op("Split", [seq], n_out=STEPS, axis=0)]
 
 
-def _rnn_step(g: _Graph, seq: str, state, layer: int, hidden: int, gemm: bool) -> list[str]:
+def _rnn_layer(g: _Graph, seq: str, state, layer: int, hidden: int, gemm: bool) -> list[str]:
+    """One whole ReLU RNN layer, unrolled over the 28 steps; returns each step's output h_t."""
     w_ih, b_ih, w_hh, _ = _weights(g, state, layer, 1, hidden, fold_hh_bias=slice(None))
     steps = _input_steps(g, seq, w_ih, b_ih, gemm)
     w_hh = g.const(f"Wh{layer}", w_hh)
@@ -137,7 +141,8 @@ def _rnn_step(g: _Graph, seq: str, state, layer: int, hidden: int, gemm: bool) -
     return outputs
 
 
-def _gru_step(g: _Graph, seq: str, state, layer: int, hidden: int, gemm: bool) -> list[str]:
+def _gru_layer(g: _Graph, seq: str, state, layer: int, hidden: int, gemm: bool) -> list[str]:
+    """One whole GRU layer, unrolled over the 28 steps; returns each step's output h_t."""
     H = hidden
     # b_hn sits inside r * (W_hn h + b_hn), so only the r and z rows of b_hh fold into the input bias.
     w_ih, b_ih, w_hh, b_hh = _weights(g, state, layer, 3, H, fold_hh_bias=slice(0, 2 * H))
@@ -164,7 +169,8 @@ def _gru_step(g: _Graph, seq: str, state, layer: int, hidden: int, gemm: bool) -
     return outputs
 
 
-def _lstm_step(g: _Graph, seq: str, state, layer: int, hidden: int, gemm: bool) -> list[str]:
+def _lstm_layer(g: _Graph, seq: str, state, layer: int, hidden: int, gemm: bool) -> list[str]:
+    """One whole LSTM layer, unrolled over the 28 steps; returns each step's output h_t."""
     w_ih, b_ih, w_hh, _ = _weights(g, state, layer, 4, hidden, fold_hh_bias=slice(None))
     steps = _input_steps(g, seq, w_ih, b_ih, gemm)
     w_hh = g.const(f"Wh{layer}", w_hh)

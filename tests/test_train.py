@@ -17,7 +17,7 @@ from train.cli import main as edge_train  # noqa: E402
 from train.model import CELLS, DigitRNN, ModelConfig  # noqa: E402
 from train.trainer import PRESETS, build_optimizer, load_checkpoint  # noqa: E402
 
-from .conftest import ROOT  # noqa: E402
+from .conftest import REFERENCE_ARGS, ROOT, copy_file  # noqa: E402
 
 HISTORY_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"}
 
@@ -50,6 +50,7 @@ def test_reference_architecture_is_the_seed():
     assert (model.fc.in_features, model.fc.out_features) == (128, 10)
 
 
+@pytest.mark.slow
 def test_seed_preset_is_the_notebook_recipe(tmp_path, data_root):
     seed = PRESETS["seed"]
     assert (seed.optimizer, seed.lr, seed.batch_size, seed.epochs) == ("rmsprop", 3e-4, 64, 30)
@@ -73,11 +74,9 @@ def test_seed_preset_is_the_notebook_recipe(tmp_path, data_root):
     assert len(hist) == 1
 
 
-def test_short_run_learns_and_writes_three_files(tmp_path, data_root):
-    out = tmp_path / "run"
-    result = run_train("--limit-train", "6000", "--epochs", "3", "--hidden", "64", "--data-dir", str(data_root),
-                       "--no-download", "--out", str(out))
-    assert result.exit_code == 0, result.output
+@pytest.mark.slow
+def test_short_run_learns_and_writes_three_files(reference_run):
+    out = reference_run
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "curves.png", "history.json"]
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     history = json.loads((out / "history.json").read_text())
@@ -86,10 +85,9 @@ def test_short_run_learns_and_writes_three_files(tmp_path, data_root):
     assert history[-1]["train_loss"] < history[0]["train_loss"]
 
 
-def test_history_schema(tmp_path, data_root):
-    out = tmp_path / "run"
-    assert run_train("--limit-train", "1000", "--epochs", "3", "--hidden", "16", "--data-dir", str(data_root),
-                     "--no-download", "--out", str(out)).exit_code == 0
+@pytest.mark.slow
+def test_history_schema(reference_run):
+    out = reference_run
     history = json.loads((out / "history.json").read_text())
     assert isinstance(history, list) and [h["epoch"] for h in history] == [1, 2, 3]
     for h in history:
@@ -103,16 +101,15 @@ def test_history_schema(tmp_path, data_root):
     assert state["epoch"] == 3 and state["test_acc"] == history[-1]["test_acc"]
 
 
-def test_same_seed_same_history(tmp_path, data_root):
-    runs = []
-    for name in ("a", "b"):
-        out = tmp_path / name
-        assert run_train("--limit-train", "1500", "--epochs", "2", "--hidden", "16", "--seed", "7",
-                         "--data-dir", str(data_root), "--no-download", "--out", str(out)).exit_code == 0
-        runs.append(json.loads((out / "history.json").read_text()))
-    assert without_time(runs[0]) == without_time(runs[1])
+@pytest.mark.slow
+def test_same_seed_same_history(reference_run, tmp_path, data_root):
+    out = tmp_path / "again"
+    assert run_train(*REFERENCE_ARGS, "--data-dir", str(data_root), "--no-download", "--out", str(out)).exit_code == 0
+    assert without_time(json.loads((out / "history.json").read_text())) == \
+        without_time(json.loads((reference_run / "history.json").read_text()))
 
 
+@pytest.mark.slow
 def test_resume_at_next_epoch_matches_uninterrupted(tmp_path, data_root):
     common = ["--preset", "seed", "--limit-train", "1200", "--hidden", "16", "--data-dir", str(data_root),
               "--no-download"]
@@ -127,12 +124,13 @@ def test_resume_at_next_epoch_matches_uninterrupted(tmp_path, data_root):
     assert without_time(json.loads((split / "history.json").read_text())) == without_time(expected)
 
 
-def test_ctrl_c_saves_checkpoint_and_resume_is_exact(tmp_path, data_root):
-    """SIGINT mid-run: exit 130, a checkpoint at the current batch; --resume ends where a straight run does."""
-    common = ["--limit-train", "3000", "--epochs", "5", "--hidden", "16", "--data-dir", str(data_root),
-              "--no-download"]
-    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    assert run_train(*common, "--out", str(straight)).exit_code == 0
+@pytest.mark.slow
+def test_ctrl_c_saves_checkpoint_and_resume_is_exact(reference_run, tmp_path, data_root):
+    """SIGINT mid-run: exit 130, a checkpoint at the current batch; --resume ends where a straight run (the
+    reference run, same arguments) does."""
+    common = [*REFERENCE_ARGS, "--data-dir", str(data_root), "--no-download"]
+    straight, interrupted = reference_run, tmp_path / "interrupted"
+    epochs = int(REFERENCE_ARGS[REFERENCE_ARGS.index("--epochs") + 1])
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "train", *common, "--out", str(interrupted)], cwd=ROOT, env=env,
@@ -144,10 +142,10 @@ def test_ctrl_c_saves_checkpoint_and_resume_is_exact(tmp_path, data_root):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted; saved" in err and "--resume" in err and "Traceback" not in err
-    assert len(json.loads((interrupted / "history.json").read_text())) < 6
+    assert len(json.loads((interrupted / "history.json").read_text())) < epochs  # it really stopped early
 
     result = run_train("--resume", "--out", str(interrupted), "--data-dir", str(data_root), "--no-download",
-                       "--limit-train", "3000")
+                       "--limit-train", REFERENCE_ARGS[REFERENCE_ARGS.index("--limit-train") + 1])
     assert result.exit_code == 0, result.output
     assert without_time(json.loads((interrupted / "history.json").read_text())) == \
         without_time(json.loads((straight / "history.json").read_text()))
@@ -173,10 +171,11 @@ def test_diverging_loss_stops_clearly(tmp_path, data_root):
     assert not (out / "checkpoint.pt").exists()  # nothing bad was saved
 
 
-def test_existing_run_is_not_overwritten(tmp_path, data_root):
+@pytest.mark.slow
+def test_existing_run_is_not_overwritten(reference_run, tmp_path, data_root):
     out = tmp_path / "run"
-    assert run_train("--limit-train", "500", "--epochs", "1", "--hidden", "8", "--data-dir", str(data_root),
-                     "--no-download", "--out", str(out)).exit_code == 0
+    out.mkdir()
+    copy_file(reference_run / "checkpoint.pt", out)
     before = (out / "checkpoint.pt").read_bytes()
     result = CliRunner().invoke(edge_train, ["--data-dir", str(data_root), "--no-download", "--out", str(out)])
     assert result.exit_code == 2 and "--resume" in result.output

@@ -7,10 +7,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from edge_infer.model_info import CLASSES, PIXELS  # the shapes both sides share
+
 CELLS = ("rnn", "gru", "lstm")
-ROWS = 28  # time steps: one per image row
-PIXELS = 28  # features per step: the pixels of one row
-CLASSES = 10
 
 
 @dataclass(frozen=True)
