@@ -11,8 +11,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchlib import add_common_args, console_script, machine_header, median, mib, run_child, section, table, \
-    target, timed
+from benchlib import (
+    add_common_args,
+    console_script,
+    machine_header,
+    median,
+    mib,
+    run_child,
+    section,
+    table,
+    target,
+    timed,
+)
 
 RUNS = 3  # timed runs; the same with --quick (one run takes about a second or two)
 TARGET_IMAGES_PER_S = 8000
@@ -30,7 +40,7 @@ def write_pngs(data_dir: Path, directory: Path) -> int:
     _, test = load_mnist(data_dir, download=False)
     directory.mkdir(parents=True, exist_ok=True)
     images, labels = test.images.numpy(), test.labels.tolist()
-    for index, (image, label) in enumerate(zip(images, labels)):
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
         Image.fromarray(image).save(directory / f"{index:05d}-{label}.png")
     done.write_text(str(len(labels)))
     return len(labels)

@@ -12,8 +12,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchlib import add_common_args, console_script, machine_header, median, mib, run_child, section, table, \
-    target, timed
+from benchlib import (
+    add_common_args,
+    console_script,
+    machine_header,
+    median,
+    mib,
+    run_child,
+    section,
+    table,
+    target,
+    timed,
+)
 
 RUNS = 7  # per command; --quick: 5 (the least that makes a median worth printing)
 TARGET_SECONDS, TARGET_RSS = 0.16, 64 * 2**20

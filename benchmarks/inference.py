@@ -17,16 +17,15 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-
+import training
 from benchlib import ROOT, add_common_args, machine_header, median, section, table, target, timed
 
-import training
 from edge_infer import Classifier
-from export.graph import FORMS, build_model
 from edge_infer.classifier import bundled_model_path
+from edge_infer.model_info import INPUT_NAME, OUTPUT_NAME, to_rows
 from export.export import export, load_trained
+from export.graph import FORMS, build_graph
 from train.data import Split, load_mnist
 
 BATCHES = (1, 64, 1024)
@@ -80,21 +79,21 @@ def measure(models: Exported, test: Split, quick: bool) -> tuple[str, list[str]]
     rows, best, agreement = [], {}, {}
     for batch in BATCHES:
         images = test.floats(slice(0, batch))  # real MNIST test images, [B, 28, 28] in [0, 1]
-        rows_input = np.ascontiguousarray(images.numpy().transpose(1, 0, 2))  # [28, B, 28], time-major
+        rows_input = to_rows(images.numpy())  # [28, B, 28], time-major
 
         calls, before = {}, {}
         for threads in THREADS:
-            calls[("torch", threads)] = lambda: trained(images)
+            calls[("torch", threads)] = lambda images=images: trained(images)
             before[("torch", threads)] = lambda threads=threads: torch.set_num_threads(threads)
         for key, session in sessions.items():
-            calls[key] = lambda session=session: session.run(["logits"], {"rows": rows_input})
+            calls[key] = lambda session=session, feed={INPUT_NAME: rows_input}: session.run([OUTPUT_NAME], feed)
         with torch.inference_mode():
             samples = timed(calls, reps=REPS[batch] // (10 if quick else 1), before=before,
                             budget=BUDGET / (10 if quick else 1))
             reference = trained(images).numpy()
         seconds = {key: median(s) for key, s in samples.items()}
         if batch == BATCHES[-1]:
-            agreement = {p: float((sessions[(p, 1)].run(["logits"], {"rows": rows_input})[0].argmax(1)
+            agreement = {p: float((sessions[(p, 1)].run([OUTPUT_NAME], {INPUT_NAME: rows_input})[0].argmax(1)
                                    == reference.argmax(1)).mean()) for p in ("fp32", "int8")}
 
         for engine in ("torch", "fp32", "int8"):  # the faster thread setting of each
@@ -134,14 +133,14 @@ def compare_forms(models: Exported, test: Split, quick: bool) -> str:
     config = time_major.config
     sessions = {}
     for form in FORMS:
-        model = build_model(weights, config.cell, config.hidden, config.layers, form=form)
+        model = build_graph(weights, config.cell, config.hidden, config.layers, form=form)
         model.metadata_props.extend(exported.metadata_props)  # so that Classifier takes it
         for threads in THREADS:
             sessions[(form, threads)] = Classifier(model.SerializeToString(), threads=threads).session
     rows = []
     for batch in BATCHES:
-        rows_input = np.ascontiguousarray(test.floats(slice(0, batch)).numpy().transpose(1, 0, 2))
-        calls = {key: lambda s=s: s.run(["logits"], {"rows": rows_input}) for key, s in sessions.items()}
+        feed = {INPUT_NAME: to_rows(test.floats(slice(0, batch)).numpy())}
+        calls = {key: lambda s=s, feed=feed: s.run([OUTPUT_NAME], feed) for key, s in sessions.items()}
         samples = timed(calls, reps=REPS[batch] // (10 if quick else 1), budget=BUDGET / (10 if quick else 1))
         for form in FORMS:
             rows.append([batch, form] + [f"{median(samples[(form, t)]) * 1e6:,.1f}" for t in THREADS])
@@ -163,9 +162,10 @@ def run(checkpoint: Path | None, out: Path, data_dir: Path, quick: bool) -> tupl
              "[28, B, 28] input, sessions made by `edge_infer.Classifier(threads=...)` (so the runtime's options: "
              "inter-op 1; worker threads spin only in multi-thread sessions). Both at 1 and 2 threads "
              "(torch.set_num_threads; onnxruntime intra-op threads: the runtime's default, threads=None, uses 1 "
-             "below batch 256 and all cores from there on); on a busy 2-core machine, 2 torch threads can be far slower than 1, "
-             "so 'vs torch' compares with torch's faster setting at that batch. All rows take turns in 10 "
-             "rounds; medians. Bold: the faster thread setting of each engine, which the targets use.")
+             "below batch 256 and all cores from there on); on a busy 2-core machine, 2 torch threads "
+             "can be far slower than 1, so 'vs torch' compares with torch's faster setting at that batch. "
+             "All rows take turns in 10 rounds; medians. Bold: the faster thread setting of each engine, "
+             "which the targets use.")
     forms_about = ("\n\nThe fp32 graph forms `edge-export --form` can write (export/graph.py), from the same weights, "
                    "timed the same way (session.run, medians; the default is `per-step`):\n\n")
     return section("1. Inference: torch eager vs onnxruntime", about, results,

@@ -15,13 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import add_common_args, machine_header
-
 import bulk
 import cold_start
 import inference
 import sizes
 import training
+from benchlib import add_common_args, machine_header
+
 from edge_infer.classifier import bundled_model_path
 
 

@@ -13,7 +13,6 @@ import io
 from pathlib import Path
 
 import torch
-
 from benchlib import add_common_args, machine_header, section, table
 
 from edge_infer.classifier import bundled_model_path

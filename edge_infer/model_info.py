@@ -37,9 +37,10 @@ def to_rows(digits: np.ndarray) -> np.ndarray:
     digits = np.asarray(digits)
     if digits.ndim != 3 or digits.shape[1:] != IMAGE_SHAPE:
         raise ValueError(f"expected digits of shape [N, {STEPS}, {PIXELS}], got {list(digits.shape)}")
+    rows: np.ndarray = np.ascontiguousarray(digits.transpose(1, 0, 2), dtype=np.float32)
     if digits.dtype == np.uint8:
-        return np.ascontiguousarray(digits.transpose(1, 0, 2), dtype=np.float32) / np.float32(255.0)
-    return np.ascontiguousarray(digits.transpose(1, 0, 2), dtype=np.float32)
+        rows /= np.float32(255.0)
+    return rows
 
 
 @dataclass

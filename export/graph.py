@@ -90,7 +90,7 @@ def build_graph(state: dict[str, np.ndarray], cell: str, hidden: int, layers: in
             y, y_h = _recurrent_node(g, seq, state, cell, layer, hidden)
             seq = g.op("Squeeze", [y, g.const("axis1", np.array([1], np.int64))])  # [28, N, H]
         final = g.op("Squeeze", [y_h, g.const("axis0", np.array([0], np.int64))])  # [N, H]
-    logits = g.linear(final, g.const("Wo", state["fc.weight"]), g.const("bo", state["fc.bias"]), gemm)
+    g.linear(final, g.const("Wo", state["fc.weight"]), g.const("bo", state["fc.bias"]), gemm)
     g.nodes[-1].output[0] = OUTPUT_NAME  # the last node (Gemm, or MatMul's Add) produces the logits
     graph = helper.make_graph(
         g.nodes, "digit_rnn",
@@ -132,10 +132,8 @@ def _rnn_layer(g: _Graph, seq: str, state, layer: int, hidden: int, gemm: bool) 
     h = g.op("Relu", [steps[0]])  # h0 = 0, so step 0 has no recurrent term
     outputs = [h]
     for x_t in steps[1:]:
-        if gemm:  # Gemm(h, W_hh, x_t): the step's input projection rides in as Gemm's C
-            pre = g.op("Gemm", [h, w_hh, x_t], transB=1)
-        else:
-            pre = g.op("Add", [g.op("MatMul", [h, w_hh]), x_t])
+        # Gemm(h, W_hh, x_t): the step's input projection rides in as Gemm's C
+        pre = g.op("Gemm", [h, w_hh, x_t], transB=1) if gemm else g.op("Add", [g.op("MatMul", [h, w_hh]), x_t])
         h = g.op("Relu", [pre])
         outputs.append(h)
     return outputs
@@ -164,7 +162,10 @@ def _gru_layer(g: _Graph, seq: str, state, layer: int, hidden: int, gemm: bool) 
         r, z = g.op("Split", [rz], n_out=2, axis=1)
         n = g.op("Tanh", [g.op("Add", [x_n, g.op("Mul", [r, h_n])])])
         # h' = (1 - z) * n + z * h  =  n + z * (h - n)
-        h = g.op("Sub", [n, g.op("Mul", [z, n])]) if h is None else g.op("Add", [n, g.op("Mul", [z, g.op("Sub", [h, n])])])
+        if h is None:  # h0 = 0
+            h = g.op("Sub", [n, g.op("Mul", [z, n])])
+        else:
+            h = g.op("Add", [n, g.op("Mul", [z, g.op("Sub", [h, n])])])
         outputs.append(h)
     return outputs
 

@@ -396,7 +396,7 @@ def test_decompression_bomb(bomb_png):
     limit = Image.MAX_IMAGE_PIXELS
     assert bomb_png.stat().st_size < 200_000  # 400 Mpx, a few kB on disk
     assert_one_line_error(bomb_png, "too large")
-    assert Image.MAX_IMAGE_PIXELS == limit  # PIL's global limit is left alone
+    assert limit == Image.MAX_IMAGE_PIXELS  # PIL's global limit is left alone
 
 
 def test_too_many_pixels_below_pils_own_limit(tmp_path):

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 import edge_infer.classifier as classifier_module
-from edge_infer import Classifier, ImageError, ModelError, Prediction, preprocess
+from edge_infer import Classifier, ModelError, Prediction
 from edge_infer.classifier import bundled_model_path, usable_cpus
 from edge_infer.model_info import INPUT_NAME, OUTPUT_NAME, to_rows
 
@@ -70,7 +70,7 @@ def test_mnist_pngs_through_cli_match_raw_accuracy(tmp_path, mnist_test, classif
     images, labels = mnist_test
     folder = tmp_path / "mnist"
     folder.mkdir()
-    for index, (image, label) in enumerate(zip(images, labels)):
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
         Image.fromarray(image).save(folder / f"{index:05d}-{label}.png", compress_level=1)
     result = cli(str(folder))
     assert result.returncode == 0, result.stderr[-500:]
@@ -93,7 +93,7 @@ def test_predict_predict_batch_and_cli_agree(classifier, mnist_test, tmp_path):
     result = cli("--json", *map(str, paths))
     assert result.returncode == 0
     records = [json.loads(line) for line in result.stdout.decode().splitlines()]
-    for single, batched, record in zip(singles, batch, records):
+    for single, batched, record in zip(singles, batch, records, strict=True):
         assert single.label == batched.label == record["label"]
         np.testing.assert_allclose(single.probabilities, batched.probabilities, atol=1e-5)
         np.testing.assert_allclose(record["probabilities"], single.probabilities, atol=1e-5)
@@ -208,7 +208,7 @@ def test_real_world_like_images(kind, classifier, mnist_test, tmp_path):
         paths.append(tmp_path / f"{i}-{labels[i]}.{fmt.lower()}")
         image.save(paths[-1], fmt, **({"quality": 75} if fmt == "JPEG" else {}))
     predictions = classifier.predict_batch(paths)
-    accuracy = np.mean([p.label == labels[i] for p, i in zip(predictions, chosen)])
+    accuracy = np.mean([p.label == labels[i] for p, i in zip(predictions, chosen, strict=True)])
     assert accuracy >= 0.9, f"{kind}: {accuracy:.0%}"
 
 
@@ -230,7 +230,7 @@ def _bad_inputs(folder: Path, digit: np.ndarray, bomb: Path) -> dict[str, Path]:
     path("empty.png").write_bytes(b"")
     files["bomb.png"] = copy_file(bomb, folder, "bomb.png")  # 400 megapixels when decoded
     path("ok-16bit.png")
-    Image.fromarray((ink_on_paper.astype(np.uint16) * 257)).save(files["ok-16bit.png"])
+    Image.fromarray(ink_on_paper.astype(np.uint16) * 257).save(files["ok-16bit.png"])
     Image.fromarray(ink_on_paper).convert("P").save(path("ok-palette.png"))
     la = np.stack([ink_on_paper, np.full_like(ink_on_paper, 255)], axis=-1)
     Image.fromarray(la, "LA").save(path("ok-la.png"))
@@ -424,5 +424,5 @@ def test_rendered_font_digits(classifier):
             images.append(page)
             labels.append(digit)
     predictions = classifier.predict_batch(images)
-    accuracy = np.mean([p.label == label for p, label in zip(predictions, labels)])
+    accuracy = np.mean([p.label == label for p, label in zip(predictions, labels, strict=True)])
     assert accuracy >= 0.9, f"{accuracy:.1%} of {len(labels)} rendered digits"

@@ -91,7 +91,7 @@ def test_history_schema(reference_run):
     history = json.loads((out / "history.json").read_text())
     assert isinstance(history, list) and [h["epoch"] for h in history] == [1, 2, 3]
     for h in history:
-        assert HISTORY_KEYS <= h.keys()
+        assert h.keys() >= HISTORY_KEYS
         assert all(isinstance(h[k], float) for k in HISTORY_KEYS - {"epoch"})
         assert 0.0 <= h["train_acc"] <= 1.0 and 0.0 <= h["test_acc"] <= 1.0
         assert h["train_loss"] > 0 and h["test_loss"] > 0

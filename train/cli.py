@@ -24,7 +24,8 @@ def _fail(message: str, code: int = 2) -> None:
 @click.option("--hidden", type=click.IntRange(1), default=128, show_default=True)
 @click.option("--layers", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Override the recipe's epoch count.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Override the recipe's learning rate.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Override the recipe's learning rate.")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Override the recipe's batch size.")
 @click.option("--augment/--no-augment", default=None, help="Override the recipe's augmentation.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data"), show_default=True,

@@ -27,7 +27,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def head(self, n: int) -> "Split":
+    def head(self, n: int) -> Split:
         """The first n examples (a view, no copy)."""
         return Split(self.images[:n], self.labels[:n])
 
