@@ -177,7 +177,8 @@ def machine_header(title: str, quick: bool) -> str:
         ["load average at start (1/5/15 min)", load],
         ["OS", f"{platform.system()} {platform.release()}"],
         ["python", platform.python_version()],
-        ["numpy / onnxruntime / torch", " / ".join(_version(p) for p in ("numpy", "onnxruntime", "torch"))],
+        ["numpy / onnxruntime / torch / onnx",
+         " / ".join(_version(p) for p in ("numpy", "onnxruntime", "torch", "onnx"))],
         ["edge-infer commit", _git_commit()],
         ["measured", time.strftime("%Y-%m-%d %H:%M:%S %Z")
          + ("; --quick: a tenth of the repetitions, medians are rougher" if quick else "")],
