@@ -62,24 +62,36 @@ def mnist(data_root):
     return load_mnist(data_root, download=False)
 
 
-# The reference training run: edge-train's default recipe, in-process as a user runs it, on a real MNIST
-# subset. Hidden 128 is the seed's width, so the int8 export tests measure a real model.
+# Training runs shared by the whole session, made by edge-train in-process as a user runs it (default
+# recipe, real MNIST subsets). Read them, don't write to them (copy what a test changes).
+# The reference run: hidden 128 is the seed's width, so the export tests measure int8 on a real model.
 REFERENCE_ARGS = ("--limit-train", "12000", "--epochs", "3", "--hidden", "128", "--seed", "7")
+# A tiny run for the tests that repeat a run to compare histories (same seed, Ctrl-C and resume): a
+# repeat of it costs a second, where one of the reference run costs ten.
+SMALL_RUN_ARGS = ("--limit-train", "3000", "--epochs", "5", "--hidden", "16", "--seed", "7")
 
 
-@pytest.fixture(scope="session")
-def reference_run(tmp_path_factory, data_root, mnist) -> Path:
-    """The run directory of the one reference training run (edge-train REFERENCE_ARGS); read it, don't
-    write to it (copy what a test changes)."""
+def edge_train_run(args: tuple[str, ...], out: Path, data_root: Path) -> Path:
     from click.testing import CliRunner
 
     from train.cli import main as edge_train
 
-    out = tmp_path_factory.mktemp("reference") / "run"
-    result = CliRunner().invoke(edge_train, [*REFERENCE_ARGS, "--data-dir", str(data_root), "--no-download",
+    result = CliRunner().invoke(edge_train, [*args, "--data-dir", str(data_root), "--no-download",
                                              "--out", str(out), "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, data_root, mnist) -> Path:
+    """The run directory of `edge-train REFERENCE_ARGS`."""
+    return edge_train_run(REFERENCE_ARGS, tmp_path_factory.mktemp("reference") / "run", data_root)
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory, data_root, mnist) -> Path:
+    """The run directory of `edge-train SMALL_RUN_ARGS`."""
+    return edge_train_run(SMALL_RUN_ARGS, tmp_path_factory.mktemp("small") / "run", data_root)
 
 
 def train_small(run_dir: Path, mnist, cell: str = "rnn", hidden: int = 32, layers: int = 1, images: int = 3000,

@@ -17,7 +17,7 @@ from train.cli import main as edge_train  # noqa: E402
 from train.model import CELLS, DigitRNN, ModelConfig  # noqa: E402
 from train.trainer import PRESETS, build_optimizer, load_checkpoint  # noqa: E402
 
-from .conftest import REFERENCE_ARGS, ROOT, copy_file  # noqa: E402
+from .conftest import ROOT, SMALL_RUN_ARGS, copy_file, edge_train_run  # noqa: E402
 
 HISTORY_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"}
 
@@ -102,11 +102,10 @@ def test_history_schema(reference_run):
 
 
 @pytest.mark.slow
-def test_same_seed_same_history(reference_run, tmp_path, data_root):
-    out = tmp_path / "again"
-    assert run_train(*REFERENCE_ARGS, "--data-dir", str(data_root), "--no-download", "--out", str(out)).exit_code == 0
-    assert without_time(json.loads((out / "history.json").read_text())) == \
-        without_time(json.loads((reference_run / "history.json").read_text()))
+def test_same_seed_same_history(small_run, tmp_path, data_root):
+    again = edge_train_run(SMALL_RUN_ARGS, tmp_path / "again", data_root)
+    assert without_time(json.loads((again / "history.json").read_text())) == \
+        without_time(json.loads((small_run / "history.json").read_text()))
 
 
 @pytest.mark.slow
@@ -125,12 +124,12 @@ def test_resume_at_next_epoch_matches_uninterrupted(tmp_path, data_root):
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_checkpoint_and_resume_is_exact(reference_run, tmp_path, data_root):
+def test_ctrl_c_saves_checkpoint_and_resume_is_exact(small_run, tmp_path, data_root):
     """SIGINT mid-run: exit 130, a checkpoint at the current batch; --resume ends where a straight run (the
-    reference run, same arguments) does."""
-    common = [*REFERENCE_ARGS, "--data-dir", str(data_root), "--no-download"]
-    straight, interrupted = reference_run, tmp_path / "interrupted"
-    epochs = int(REFERENCE_ARGS[REFERENCE_ARGS.index("--epochs") + 1])
+    session's small run, same arguments) does."""
+    common = [*SMALL_RUN_ARGS, "--data-dir", str(data_root), "--no-download"]
+    straight, interrupted = small_run, tmp_path / "interrupted"
+    epochs = int(SMALL_RUN_ARGS[SMALL_RUN_ARGS.index("--epochs") + 1])
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "train", *common, "--out", str(interrupted)], cwd=ROOT, env=env,
@@ -145,7 +144,7 @@ def test_ctrl_c_saves_checkpoint_and_resume_is_exact(reference_run, tmp_path, da
     assert len(json.loads((interrupted / "history.json").read_text())) < epochs  # it really stopped early
 
     result = run_train("--resume", "--out", str(interrupted), "--data-dir", str(data_root), "--no-download",
-                       "--limit-train", REFERENCE_ARGS[REFERENCE_ARGS.index("--limit-train") + 1])
+                       "--limit-train", SMALL_RUN_ARGS[SMALL_RUN_ARGS.index("--limit-train") + 1])
     assert result.exit_code == 0, result.output
     assert without_time(json.loads((interrupted / "history.json").read_text())) == \
         without_time(json.loads((straight / "history.json").read_text()))
