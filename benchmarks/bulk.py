@@ -11,18 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchlib import (
-    add_common_args,
-    console_script,
-    machine_header,
-    median,
-    mib,
-    run_child,
-    section,
-    table,
-    target,
-    timed,
-)
+import benchlib
+from benchlib import console_script, median, mib, run_child, section, table, target, timed
 
 RUNS = 3  # timed runs; the same with --quick (one run takes about a second or two)
 TARGET_IMAGES_PER_S = 8000
@@ -80,8 +70,8 @@ def run(data_dir: Path, out: Path) -> str:
 
 
 def main() -> None:
-    args = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0])).parse_args()
-    print(machine_header("edge-infer bulk", args.quick) + "\n" + run(args.data_dir, args.out))
+    args = benchlib.add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0])).parse_args()
+    print(benchlib.machine_header("edge-infer bulk", args.quick) + "\n" + run(args.data_dir, args.out))
 
 
 if __name__ == "__main__":

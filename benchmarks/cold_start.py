@@ -12,18 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchlib import (
-    add_common_args,
-    console_script,
-    machine_header,
-    median,
-    mib,
-    run_child,
-    section,
-    table,
-    target,
-    timed,
-)
+import benchlib
+from benchlib import console_script, median, mib, run_child, section, table, target, timed
 
 RUNS = 7  # per command; --quick: 5 (the least that makes a median worth printing)
 TARGET_SECONDS, TARGET_RSS = 0.16, 64 * 2**20
@@ -59,8 +49,8 @@ def run(quick: bool) -> str:
 
 
 def main() -> None:
-    args = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0])).parse_args()
-    print(machine_header("edge-infer CLI cold start", args.quick) + "\n" + run(args.quick))
+    args = benchlib.add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0])).parse_args()
+    print(benchlib.machine_header("edge-infer CLI cold start", args.quick) + "\n" + run(args.quick))
 
 
 if __name__ == "__main__":
