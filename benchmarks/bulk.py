@@ -6,6 +6,7 @@ The PNGs are written once to OUT/mnist-test-png/ (named INDEX-LABEL.png, e.g. 00
 untimed run captures the CLI's output to score its labels against the true ones (and warms the page cache);
 then timed runs with stdout to /dev/null; median.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,15 +58,28 @@ def run(data_dir: Path, out: Path) -> str:
     samples = timed({"bulk": lambda: peaks.append(run_child(command).peak_rss)}, reps=RUNS, rounds=RUNS, warmup=0)
     seconds = median(samples["bulk"])
 
-    rows = [[f"{count:,}", f"{seconds:.2f}", f"{min(samples['bulk']):.2f}", f"{count / seconds:,.0f}",
-             mib(median(peaks)), f"{acc:.2%} ({lines:,} lines)"]]
+    rows = [
+        [
+            f"{count:,}",
+            f"{seconds:.2f}",
+            f"{min(samples['bulk']):.2f}",
+            f"{count / seconds:,.0f}",
+            mib(median(peaks)),
+            f"{acc:.2%} ({lines:,} lines)",
+        ]
+    ]
     results = table(["images", "wall s (median)", "wall s (best)", "images/s", "peak RSS", "CLI accuracy"], rows)
-    about = (f"`edge-infer {directory}` (its defaults: bundled fp32 model, one decoding process per core), "
-             f"stdout to /dev/null, {RUNS} timed runs after one untimed run whose output was scored against the "
-             f"labels in the file names; median. Peak RSS: `os.wait4`'s ru_maxrss, the largest of the CLI and its "
-             f"decoding processes.")
-    check = target(f"bulk >= {TARGET_IMAGES_PER_S:,} images/s", f"{count / seconds:,.0f} images/s",
-                   count / seconds >= TARGET_IMAGES_PER_S)
+    about = (
+        f"`edge-infer {directory}` (its defaults: bundled fp32 model, one decoding process per core), "
+        f"stdout to /dev/null, {RUNS} timed runs after one untimed run whose output was scored against the "
+        f"labels in the file names; median. Peak RSS: `os.wait4`'s ru_maxrss, the largest of the CLI and its "
+        f"decoding processes."
+    )
+    check = target(
+        f"bulk >= {TARGET_IMAGES_PER_S:,} images/s",
+        f"{count / seconds:,.0f} images/s",
+        count / seconds >= TARGET_IMAGES_PER_S,
+    )
     return section("3. Bulk: a directory of 10,000 PNGs", about, results, check)
 
 

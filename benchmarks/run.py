@@ -11,6 +11,7 @@ Sections: 1 inference (torch vs onnxruntime fp32/int8), 2 CLI cold start, 3 bulk
 --training: it runs three edge-train recipes, ~10 minutes, unless OUT already holds their histories),
 5 model sizes. See benchmarks/README.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,13 +35,24 @@ RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 
 def main() -> None:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="edge-train checkpoint for the inference section (default: runs/bundled/checkpoint.pt, "
-                             "else OUT/train-default, trained if missing)")
-    parser.add_argument("--training", action="store_true",
-                        help="include the training section (trains into OUT/train-* unless already there)")
-    parser.add_argument("--results", type=Path, default=RESULTS,
-                        help="where to write the report (default benchmarks/RESULTS.md); '-': stdout only")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="edge-train checkpoint for the inference section (default: runs/bundled/checkpoint.pt, "
+        "else OUT/train-default, trained if missing)",
+    )
+    parser.add_argument(
+        "--training",
+        action="store_true",
+        help="include the training section (trains into OUT/train-* unless already there)",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help="where to write the report (default benchmarks/RESULTS.md); '-': stdout only",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -62,9 +74,15 @@ def main() -> None:
     else:
         sections.append("## 4. Training\n\nNot run: add `--training` (see benchmarks/README.md).\n")
     progress("5. model sizes")
-    sections.append(sizes.run({f"exported from `{models.checkpoint}` (section 1)": (models.fp32, models.int8),
-                               "bundled (edge_infer/models/)": (bundled_model_path(False), bundled_model_path(True))},
-                              models.checkpoint))
+    sections.append(
+        sizes.run(
+            {
+                f"exported from `{models.checkpoint}` (section 1)": (models.fp32, models.int8),
+                "bundled (edge_infer/models/)": (bundled_model_path(False), bundled_model_path(True)),
+            },
+            models.checkpoint,
+        )
+    )
     progress("done")
 
     command = shlex.join(["python", "benchmarks/run.py", *sys.argv[1:]])

@@ -17,8 +17,11 @@ def _run(command: str, module: str) -> None:
     except ModuleNotFoundError as error:
         if (error.name or "").split(".")[0] not in TRAINING_SIDE:
             raise
-        print(f"{command}: error: the training side is not installed ({error.name} is missing): install "
-              f"edge-infer[train] from a source checkout: pip install -e '.[train]'", file=sys.stderr)
+        print(
+            f"{command}: error: the training side is not installed ({error.name} is missing): install "
+            f"edge-infer[train] from a source checkout: pip install -e '.[train]'",
+            file=sys.stderr,
+        )
         sys.exit(2)
 
 

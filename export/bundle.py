@@ -11,6 +11,7 @@ provenance.json holds only what the rebuild determines, so that rebuilding from 
 the machine and its load, so it stays in the run directory (RUN_DIR/history.json) and is printed, not
 committed. The file is rewritten only when its content changes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,16 @@ def main() -> None:
     rel = lambda p: str(p.relative_to(Path.cwd())) if p.is_relative_to(Path.cwd()) else str(p)  # noqa: E731
     commands = [
         ["edge-train", "--out", args.run_dir, "--data-dir", args.data_dir, "--seed", str(SEED), "--quiet"],
-        ["edge-export", f"{args.run_dir}/checkpoint.pt", "--out", rel(fp32), "--int8", rel(int8),
-         "--data-dir", args.data_dir],
+        [
+            "edge-export",
+            f"{args.run_dir}/checkpoint.pt",
+            "--out",
+            rel(fp32),
+            "--int8",
+            rel(int8),
+            "--data-dir",
+            args.data_dir,
+        ],
     ]
     for command in commands:
         _run(command)
@@ -61,14 +70,23 @@ def main() -> None:
     for path in (fp32, int8):
         blob = path.read_bytes()
         meta = {p.key: p.value for p in onnx.load_from_string(blob).metadata_props}
-        models[path.name] = {"precision": meta["precision"], "sha256": hashlib.sha256(blob).hexdigest(),
-                             "bytes": len(blob), "mnist_test_accuracy": float(meta["mnist_test_accuracy"])}
+        models[path.name] = {
+            "precision": meta["precision"],
+            "sha256": hashlib.sha256(blob).hexdigest(),
+            "bytes": len(blob),
+            "mnist_test_accuracy": float(meta["mnist_test_accuracy"]),
+        }
     provenance = {
         "commands": [shlex.join(c) for c in commands],
         "models": models,
         "training": {"epochs": len(history), "test_acc": history[-1]["test_acc"], "seed": SEED},
-        "versions": {"python": platform.python_version(), "torch": version("torch"), "onnx": version("onnx"),
-                     "onnxruntime": version("onnxruntime"), "edge-infer": version("edge-infer")},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": version("torch"),
+            "onnx": version("onnx"),
+            "onnxruntime": version("onnxruntime"),
+            "edge-infer": version("edge-infer"),
+        },
     }
     text = json.dumps(provenance, indent=2) + "\n"
     path = MODELS_DIR / PROVENANCE
@@ -76,8 +94,10 @@ def main() -> None:
     if not unchanged:
         atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     print(text)
-    print(f"{path}: {'unchanged' if unchanged else 'updated'}; training took {history[-1]['seconds']:.1f} s on "
-          f"this machine (see {args.run_dir}/history.json)")
+    print(
+        f"{path}: {'unchanged' if unchanged else 'updated'}; training took {history[-1]['seconds']:.1f} s on "
+        f"this machine (see {args.run_dir}/history.json)"
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ and takes the form we choose:
 Gate orders differ: torch GRU is (r, z, n), ONNX GRU (z, r, h); torch LSTM is (i, f, g, o), ONNX LSTM
 (i, o, f, c). Parity with torch is checked by export.export, never assumed.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,8 +31,17 @@ from edge_infer.model_info import CLASSES, INPUT_NAME, OUTPUT_NAME, PIXELS, STEP
 FORMS = ("per-step", "hoisted", "node")
 OPSET = 17  # the default; the exporter pins it and the matching IR version
 # Lowest onnxruntime that runs each opset; we never claim less than 1.16.
-MIN_ORT_FOR_OPSET = {13: "1.16", 14: "1.16", 15: "1.16", 16: "1.16", 17: "1.16", 18: "1.16", 19: "1.16",
-                     20: "1.17", 21: "1.18"}
+MIN_ORT_FOR_OPSET = {
+    13: "1.16",
+    14: "1.16",
+    15: "1.16",
+    16: "1.16",
+    17: "1.16",
+    18: "1.16",
+    19: "1.16",
+    20: "1.17",
+    21: "1.18",
+}
 IR_FOR_OPSET = {13: 7, 14: 7, 15: 8, 16: 8, 17: 8, 18: 8, 19: 9, 20: 9, 21: 10}
 OPSETS = tuple(MIN_ORT_FOR_OPSET)
 
@@ -66,8 +76,15 @@ class _Graph:
         return self.op("Add", [y, bias]) if bias else y
 
 
-def build_graph(state: dict[str, np.ndarray], cell: str, hidden: int, layers: int, form: str = "per-step",
-                gemm: bool = True, opset: int = OPSET) -> onnx.ModelProto:
+def build_graph(
+    state: dict[str, np.ndarray],
+    cell: str,
+    hidden: int,
+    layers: int,
+    form: str = "per-step",
+    gemm: bool = True,
+    opset: int = OPSET,
+) -> onnx.ModelProto:
     """An ONNX model computing the same logits as train.model.DigitRNN with these weights."""
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, not {form!r}")
@@ -93,10 +110,12 @@ def build_graph(state: dict[str, np.ndarray], cell: str, hidden: int, layers: in
     g.linear(final, g.const("Wo", state["fc.weight"]), g.const("bo", state["fc.bias"]), gemm)
     g.nodes[-1].output[0] = OUTPUT_NAME  # the last node (Gemm, or MatMul's Add) produces the logits
     graph = helper.make_graph(
-        g.nodes, "digit_rnn",
+        g.nodes,
+        "digit_rnn",
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [STEPS, "N", PIXELS])],
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", CLASSES])],
-        list(g.initializers.values()))
+        list(g.initializers.values()),
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="edge-infer")
     return model
 
@@ -104,8 +123,9 @@ def build_graph(state: dict[str, np.ndarray], cell: str, hidden: int, layers: in
 build_model = build_graph  # the old name, for code written before the rename
 
 
-def _weights(g: _Graph, state: dict[str, np.ndarray], layer: int, gates: int, hidden: int,
-             fold_hh_bias: slice | None) -> tuple[str, str, np.ndarray, np.ndarray]:
+def _weights(
+    g: _Graph, state: dict[str, np.ndarray], layer: int, gates: int, hidden: int, fold_hh_bias: slice | None
+) -> tuple[str, str, np.ndarray, np.ndarray]:
     """Input weight + bias names, and the recurrent weight / bias arrays, for one layer.
     fold_hh_bias: which gate rows of b_hh can be folded into the hoisted input bias (all but GRU's n gate)."""
     w_ih, w_hh = state[f"rnn.weight_ih_l{layer}"], state[f"rnn.weight_hh_l{layer}"]
@@ -147,8 +167,8 @@ def _gru_layer(g: _Graph, seq: str, state, layer: int, hidden: int, gemm: bool) 
     steps = _input_steps(g, seq, w_ih, b_ih, gemm)
     # Gemm keeps torch's [out, in] layout (gate blocks are rows); MatMul's is transposed (blocks are columns).
     w_hrz = g.const(f"Whrz{layer}", w_hh[: 2 * H] if gemm else w_hh[:, : 2 * H])
-    w_hn = g.const(f"Whn{layer}", w_hh[2 * H:] if gemm else w_hh[:, 2 * H:])
-    b_hn = g.const(f"bhn{layer}", b_hh[2 * H:])
+    w_hn = g.const(f"Whn{layer}", w_hh[2 * H :] if gemm else w_hh[:, 2 * H :])
+    b_hn = g.const(f"bhn{layer}", b_hh[2 * H :])
     h = None
     outputs = []
     for x_t in steps:
@@ -196,10 +216,14 @@ def _recurrent_node(g: _Graph, seq: str, state, cell: str, layer: int, hidden: i
     order = {"rnn": [0], "gru": [1, 0, 2], "lstm": [0, 3, 1, 2]}[cell]
 
     def reorder(a: np.ndarray) -> np.ndarray:
-        return np.concatenate([a[k * H:(k + 1) * H] for k in order])[None]
+        return np.concatenate([a[k * H : (k + 1) * H] for k in order])[None]
 
-    inputs = [seq, g.const(f"W{layer}", reorder(w_ih)), g.const(f"R{layer}", reorder(w_hh)),
-              g.const(f"B{layer}", np.concatenate([reorder(b_ih), reorder(b_hh)], axis=1))]
+    inputs = [
+        seq,
+        g.const(f"W{layer}", reorder(w_ih)),
+        g.const(f"R{layer}", reorder(w_hh)),
+        g.const(f"B{layer}", np.concatenate([reorder(b_ih), reorder(b_hh)], axis=1)),
+    ]
     attrs: dict = {"hidden_size": H}
     if cell == "rnn":
         attrs["activations"] = ["Relu"]

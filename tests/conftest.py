@@ -76,8 +76,11 @@ def edge_train_run(args: tuple[str, ...], out: Path, data_root: Path) -> Path:
 
     from train.cli import main as edge_train
 
-    result = CliRunner().invoke(edge_train, [*args, "--data-dir", str(data_root), "--no-download",
-                                             "--out", str(out), "--quiet"], catch_exceptions=False)
+    result = CliRunner().invoke(
+        edge_train,
+        [*args, "--data-dir", str(data_root), "--no-download", "--out", str(out), "--quiet"],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -94,8 +97,16 @@ def small_run(tmp_path_factory, data_root, mnist) -> Path:
     return edge_train_run(SMALL_RUN_ARGS, tmp_path_factory.mktemp("small") / "run", data_root)
 
 
-def train_small(run_dir: Path, mnist, cell: str = "rnn", hidden: int = 32, layers: int = 1, images: int = 3000,
-                epochs: int = 1, seed: int = 0):
+def train_small(
+    run_dir: Path,
+    mnist,
+    cell: str = "rnn",
+    hidden: int = 32,
+    layers: int = 1,
+    images: int = 3000,
+    epochs: int = 1,
+    seed: int = 0,
+):
     """A small model trained in-process with the default recipe on the first `images` training images."""
     from dataclasses import replace
 

@@ -2,6 +2,7 @@
 
 The exported models are read back from the files the exporter wrote, and run through the runtime's input
 helper (edge_infer.model_info.to_rows) and names, so the tests see exactly what a user's runtime sees."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -157,9 +158,19 @@ def test_metadata_round_trip(exported):
 
 @pytest.mark.slow
 def test_cli_writes_both_models_and_prints_summary(small_checkpoints, data_root, tmp_path):
-    result = CliRunner().invoke(edge_export, [str(small_checkpoints["gru"]), "--out", str(tmp_path / "a.onnx"),
-                                              "--int8", str(tmp_path / "a8.onnx"), "--data-dir", str(data_root),
-                                              "--no-download"])
+    result = CliRunner().invoke(
+        edge_export,
+        [
+            str(small_checkpoints["gru"]),
+            "--out",
+            str(tmp_path / "a.onnx"),
+            "--int8",
+            str(tmp_path / "a8.onnx"),
+            "--data-dir",
+            str(data_root),
+            "--no-download",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "parity on 1000 MNIST test images" in result.output and "int8:" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "a8.onnx"]  # no temp files left
@@ -172,8 +183,9 @@ def test_bad_checkpoint_is_one_line_exit_2(content, tmp_path, data_root):
         torch.save({"state_dict": {"w": torch.zeros(3)}}, path)  # someone else's checkpoint
     else:
         path.write_bytes(content)
-    result = CliRunner().invoke(edge_export, [str(path), "--out", str(tmp_path / "m.onnx"), "--data-dir",
-                                              str(data_root), "--no-download"])
+    result = CliRunner().invoke(
+        edge_export, [str(path), "--out", str(tmp_path / "m.onnx"), "--data-dir", str(data_root), "--no-download"]
+    )
     assert result.exit_code == 2
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
     assert not (tmp_path / "m.onnx").exists()
@@ -221,7 +233,9 @@ def test_bad_output_paths_and_opset(small_checkpoints, data_root, tmp_path):
     common = ["--data-dir", str(data_root), "--no-download"]
     folder = tmp_path / "a-dir"
     folder.mkdir()
-    for args in ([str(small_checkpoints["rnn"]), "--out", str(folder)],
-                 [str(small_checkpoints["rnn"]), "--out", str(tmp_path / "m.onnx"), "--opset", "9"]):
+    for args in (
+        [str(small_checkpoints["rnn"]), "--out", str(folder)],
+        [str(small_checkpoints["rnn"]), "--out", str(tmp_path / "m.onnx"), "--opset", "9"],
+    ):
         result = CliRunner().invoke(edge_export, args + common)
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output

@@ -1,4 +1,5 @@
 """edge_infer: the Classifier API, the edge-infer CLI, the bundled models and bad input, on real images."""
+
 from __future__ import annotations
 
 import hashlib
@@ -33,8 +34,14 @@ def classifier() -> Classifier:
 
 def cli(*args: str, stdin: bytes | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """edge-infer in a subprocess, exactly as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "edge_infer", *args], cwd=ROOT, input=stdin, capture_output=True,
-                          env={**os.environ, **(env or {})}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "edge_infer", *args],
+        cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
 
 
 def parse_lines(stdout: bytes) -> dict[str, tuple[str, float]]:
@@ -52,6 +59,7 @@ def raw_accuracy(classifier: Classifier, images: np.ndarray, labels: np.ndarray)
 
 
 # --- the main path -------------------------------------------------------------------------------
+
 
 def test_examples_print_the_right_digits():
     result = cli(*map(str, EXAMPLES))
@@ -107,8 +115,15 @@ def test_inputs_of_every_kind_agree(classifier, mnist_test, tmp_path):
     path = tmp_path / "d.png"
     Image.fromarray(image).save(path)
     expected = classifier.predict(path)
-    for source in (path, str(path), path.read_bytes(), Image.open(path), image, image / 255.0,
-                   np.repeat(image[..., None], 3, axis=2)):
+    for source in (
+        path,
+        str(path),
+        path.read_bytes(),
+        Image.open(path),
+        image,
+        image / 255.0,
+        np.repeat(image[..., None], 3, axis=2),
+    ):
         got = classifier.predict(source)
         assert got.label == expected.label
         np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=1e-5)
@@ -161,6 +176,7 @@ def test_threads_share_one_classifier(classifier, mnist_test):
 
 # --- real-world-like images, made from real MNIST handwriting ----------------------------------------
 
+
 def _paper(digit: np.ndarray, size: int, rng, noise: float = 0.0, gradient: float = 0.0) -> np.ndarray:
     ink = np.asarray(Image.fromarray(digit).resize((size, size), Image.Resampling.BICUBIC), np.float32) / 255
     paper = 0.9 - gradient * (np.arange(size) / size)  # per column: light falling off to the right
@@ -176,7 +192,7 @@ def _off_centre(digit, rng):
     page = np.full((600, 800), 0.95, np.float32)
     small = _paper(digit, 120, rng)
     y, x = rng.integers(20, 450), rng.integers(20, 650)
-    page[y:y + 120, x:x + 120] = small
+    page[y : y + 120, x : x + 120] = small
     return _to_png(page)
 
 
@@ -215,6 +231,7 @@ def test_real_world_like_images(kind, classifier, mnist_test, tmp_path):
 
 
 # --- bad input: one clear line each, the rest of the batch goes on ------------------------------------
+
 
 def _bad_inputs(folder: Path, digit: np.ndarray, bomb: Path) -> dict[str, Path]:
     """name -> file; names starting with 'ok-' must be classified, the rest must fail."""
@@ -287,8 +304,17 @@ def test_top_k(tmp_path):
     assert len(record["top_k"]) == 3 and record["top_k"][0][0] == record["label"]
 
 
-@pytest.mark.parametrize("args", [[], ["--top-k", "0", "x.png"], ["--threads", "0", "x.png"], ["-", "-"],
-                                  ["--int8", "--model", "m.onnx", "x.png"], ["--nonsense", "x.png"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["--top-k", "0", "x.png"],
+        ["--threads", "0", "x.png"],
+        ["-", "-"],
+        ["--int8", "--model", "m.onnx", "x.png"],
+        ["--nonsense", "x.png"],
+    ],
+)
 def test_usage_errors_exit_2(args):
     result = cli(*args)
     assert result.returncode == 2 and result.stdout == b""
@@ -296,6 +322,7 @@ def test_usage_errors_exit_2(args):
 
 
 # --- models -----------------------------------------------------------------------------------------
+
 
 def test_bundled_models_load_and_are_verified(tmp_path, monkeypatch):
     fp32, int8 = Classifier(), Classifier(int8=True)
@@ -331,9 +358,12 @@ def test_corrupt_and_foreign_models(tmp_path):
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "foreign",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 224, 224])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 224, 224])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "foreign",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 224, 224])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 224, 224])],
+    )
     foreign = tmp_path / "foreign.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), foreign)
     with pytest.raises(ModelError, match="not an edge-infer digit model"):
@@ -389,8 +419,13 @@ def test_training_commands_without_torch_say_so_and_exit_2(command, tmp_path):
     .ci/run checks for real): one line naming the extra, exit 2, no traceback."""
     (tmp_path / "sitecustomize.py").write_text(BLOCK_IMPORTS)
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
-    result = subprocess.run([sys.executable, "-c", f"from edge_infer._training import {command}; {command}()",
-                             "--help"], cwd=ROOT, env=env, capture_output=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", f"from edge_infer._training import {command}; {command}()", "--help"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and result.stdout == b""
     lines = result.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "install edge-infer[train]" in lines[0], result.stderr.decode()
@@ -406,7 +441,7 @@ def test_large_batches_on_all_cores_give_the_same_answers(mnist_test, monkeypatc
     """threads=None runs batches >= PARALLEL_BATCH on a multi-thread session; results must not change."""
     if usable_cpus() < 2:
         pytest.skip("one usable CPU: there is no all-cores session to compare with")
-    digits = mnist_test[0][:classifier_module.PARALLEL_BATCH + 44].astype(np.float32) / 255
+    digits = mnist_test[0][: classifier_module.PARALLEL_BATCH + 44].astype(np.float32) / 255
     auto, single = Classifier(), Classifier(threads=1)
     ran_with: list[int] = []  # intra-op threads of every session run from here on
     real_run = classifier_module.ort.InferenceSession.run

@@ -1,4 +1,5 @@
 """train/: the model, the recipes, and edge-train's outputs on real MNIST subsets."""
+
 from __future__ import annotations
 
 import json
@@ -63,8 +64,19 @@ def test_seed_preset_is_the_notebook_recipe(tmp_path, data_root):
     assert scheduler.get_last_lr() == [3e-4]  # a constant learning rate
 
     out = tmp_path / "seed"
-    result = run_train("--preset", "seed", "--epochs", "1", "--limit-train", "640", "--data-dir", str(data_root),
-                       "--no-download", "--out", str(out))
+    result = run_train(
+        "--preset",
+        "seed",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "640",
+        "--data-dir",
+        str(data_root),
+        "--no-download",
+        "--out",
+        str(out),
+    )
     assert result.exit_code == 0, result.output
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["recipe"] == {**seed.__dict__, "epochs": 1}
@@ -104,19 +116,32 @@ def test_history_schema(reference_run):
 @pytest.mark.slow
 def test_same_seed_same_history(small_run, tmp_path, data_root):
     again = edge_train_run(SMALL_RUN_ARGS, tmp_path / "again", data_root)
-    assert without_time(json.loads((again / "history.json").read_text())) == \
-        without_time(json.loads((small_run / "history.json").read_text()))
+    assert without_time(json.loads((again / "history.json").read_text())) == without_time(
+        json.loads((small_run / "history.json").read_text())
+    )
 
 
 @pytest.mark.slow
 def test_resume_at_next_epoch_matches_uninterrupted(tmp_path, data_root):
-    common = ["--preset", "seed", "--limit-train", "1200", "--hidden", "16", "--data-dir", str(data_root),
-              "--no-download"]
+    common = [
+        "--preset",
+        "seed",
+        "--limit-train",
+        "1200",
+        "--hidden",
+        "16",
+        "--data-dir",
+        str(data_root),
+        "--no-download",
+    ]
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert run_train(*common, "--epochs", "3", "--out", str(straight)).exit_code == 0
     assert run_train(*common, "--epochs", "2", "--out", str(split)).exit_code == 0
-    result = CliRunner().invoke(edge_train, ["--resume", "--epochs", "3", "--out", str(split), "--data-dir",
-                                             str(data_root), "--no-download"], catch_exceptions=False)
+    result = CliRunner().invoke(
+        edge_train,
+        ["--resume", "--epochs", "3", "--out", str(split), "--data-dir", str(data_root), "--no-download"],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     assert "epoch  3/3" in result.output and "epoch  1/3" not in result.output  # continued at epoch 3
     expected = json.loads((straight / "history.json").read_text())
@@ -132,8 +157,14 @@ def test_ctrl_c_saves_checkpoint_and_resume_is_exact(small_run, tmp_path, data_r
     epochs = int(SMALL_RUN_ARGS[SMALL_RUN_ARGS.index("--epochs") + 1])
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "train", *common, "--out", str(interrupted)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "train", *common, "--out", str(interrupted)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (interrupted / "history.json").exists() and time.monotonic() < deadline:
         time.sleep(0.05)  # wait for epoch 1 to finish, then interrupt epoch 2
@@ -143,16 +174,26 @@ def test_ctrl_c_saves_checkpoint_and_resume_is_exact(small_run, tmp_path, data_r
     assert "interrupted; saved" in err and "--resume" in err and "Traceback" not in err
     assert len(json.loads((interrupted / "history.json").read_text())) < epochs  # it really stopped early
 
-    result = run_train("--resume", "--out", str(interrupted), "--data-dir", str(data_root), "--no-download",
-                       "--limit-train", SMALL_RUN_ARGS[SMALL_RUN_ARGS.index("--limit-train") + 1])
+    result = run_train(
+        "--resume",
+        "--out",
+        str(interrupted),
+        "--data-dir",
+        str(data_root),
+        "--no-download",
+        "--limit-train",
+        SMALL_RUN_ARGS[SMALL_RUN_ARGS.index("--limit-train") + 1],
+    )
     assert result.exit_code == 0, result.output
-    assert without_time(json.loads((interrupted / "history.json").read_text())) == \
-        without_time(json.loads((straight / "history.json").read_text()))
+    assert without_time(json.loads((interrupted / "history.json").read_text())) == without_time(
+        json.loads((straight / "history.json").read_text())
+    )
 
 
 def test_no_data_offline_is_one_line_exit_2(tmp_path):
-    result = CliRunner().invoke(edge_train, ["--data-dir", str(tmp_path / "nothing"), "--no-download", "--out",
-                                             str(tmp_path / "run")])
+    result = CliRunner().invoke(
+        edge_train, ["--data-dir", str(tmp_path / "nothing"), "--no-download", "--out", str(tmp_path / "run")]
+    )
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.output
@@ -162,9 +203,25 @@ def test_no_data_offline_is_one_line_exit_2(tmp_path):
 
 def test_diverging_loss_stops_clearly(tmp_path, data_root):
     out = tmp_path / "run"
-    result = CliRunner().invoke(edge_train, ["--lr", "1e12", "--limit-train", "2000", "--epochs", "2", "--hidden",
-                                             "16", "--data-dir", str(data_root), "--no-download", "--out", str(out),
-                                             "--quiet"])
+    result = CliRunner().invoke(
+        edge_train,
+        [
+            "--lr",
+            "1e12",
+            "--limit-train",
+            "2000",
+            "--epochs",
+            "2",
+            "--hidden",
+            "16",
+            "--data-dir",
+            str(data_root),
+            "--no-download",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 1, result.output
     assert "loss became" in result.output and "Traceback" not in result.output
     assert not (out / "checkpoint.pt").exists()  # nothing bad was saved
@@ -184,7 +241,20 @@ def test_existing_run_is_not_overwritten(reference_run, tmp_path, data_root):
 def test_out_that_is_a_file_is_one_line(tmp_path, data_root):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    result = CliRunner().invoke(edge_train, ["--out", str(blocker / "run"), "--data-dir", str(data_root),
-                                             "--no-download", "--limit-train", "100", "--epochs", "1", "--quiet"])
+    result = CliRunner().invoke(
+        edge_train,
+        [
+            "--out",
+            str(blocker / "run"),
+            "--data-dir",
+            str(data_root),
+            "--no-download",
+            "--limit-train",
+            "100",
+            "--epochs",
+            "1",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 2 and "cannot create the run directory" in result.output
     assert "Traceback" not in result.output

@@ -1,5 +1,6 @@
 """The digit classifier: a recurrent layer reads the 28 image rows as 28 time steps, then a Linear layer
 classifies the last step's output. This is the one definition of the model; export/ rebuilds it time-major."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
