@@ -20,7 +20,7 @@ from PIL import Image
 import edge_infer.classifier as classifier_module
 from edge_infer import Classifier, ModelError, Prediction
 from edge_infer.classifier import bundled_model_path, usable_cpus
-from edge_infer.model_info import INPUT_NAME, OUTPUT_NAME, to_rows
+from edge_infer.model_info import INPUT_NAME, OUTPUT_NAME, PIXELS, STEPS, ModelInfo, to_rows
 
 from .conftest import ROOT, copy_file
 
@@ -371,6 +371,34 @@ def test_corrupt_and_foreign_models(tmp_path):
     for path in (corrupt, foreign, tmp_path / "absent.onnx"):
         result = cli("--model", str(path), str(EXAMPLES[0]))
         assert result.returncode == 2 and len(result.stderr.decode().strip().splitlines()) == 1
+
+
+def test_model_info_optional_fields_have_defaults_required_ones_do_not(classifier):
+    """Older models lack fields added later (those have defaults) and still load; a missing required field,
+    or one that is not JSON, is refused; fields this runtime doesn't know are ignored."""
+    props = dict(classifier.session.get_modelmeta().custom_metadata_map)
+    assert ModelInfo.from_metadata(props) == classifier.info
+    older = {k: v for k, v in props.items() if k not in ("checks", "labels")}
+    info = ModelInfo.from_metadata({**older, "added_in_a_later_version": "{}"})
+    assert info.checks == {} and info.labels == [str(d) for d in range(10)] and info.precision == "fp32"
+    with pytest.raises(ValueError, match="lacks 'precision'"):
+        ModelInfo.from_metadata({k: v for k, v in props.items() if k != "precision"})
+    with pytest.raises(ValueError, match="'recipe' is not valid JSON"):
+        ModelInfo.from_metadata({**props, "recipe": "{oops"})
+
+
+def test_to_rows_is_the_time_major_input(mnist_test, classifier):
+    images = mnist_test[0][:5]
+    rows = to_rows(images)
+    assert rows.shape == (STEPS, 5, PIXELS) and rows.dtype == np.float32 and rows.flags.c_contiguous
+    for n in range(5):
+        for t in (0, 13, 27):  # step t is row t of image n, scaled to [0, 1]
+            np.testing.assert_array_equal(rows[t, n], images[n, t] / np.float32(255))
+    np.testing.assert_array_equal(to_rows(images / np.float32(255)), rows)
+    with pytest.raises(ValueError, match=r"\[N, 28, 28\]"):
+        to_rows(images[0])
+    logits = classifier.session.run([OUTPUT_NAME], {INPUT_NAME: rows})[0]
+    assert [p.label for p in classifier.classify(images / 255.0)] == list(logits.argmax(1))
 
 
 def test_unknown_provider_lists_available():
