@@ -126,13 +126,6 @@ def torch_reference(trained: DigitRNN, time_major: DigitRNN, images: np.ndarray)
     return reference
 
 
-def check_parity(model: onnx.ModelProto | bytes, trained: DigitRNN, time_major: DigitRNN, images: np.ndarray
-                 ) -> tuple[float, float]:
-    """(max |logit diff|, argmax agreement) of ONNX vs torch; both torch layouts must agree too."""
-    reference, ours = torch_reference(trained, time_major, images), onnx_logits(model, images)
-    return float(np.abs(ours - reference).max()), float((ours.argmax(1) == reference.argmax(1)).mean())
-
-
 def integer_recurrent_ops(model: onnx.ModelProto) -> list[str]:
     """Integer ops whose int8 weight is a recurrent weight (named Wh*, after quantization Wh*_quantized)."""
     return [f"{n.op_type}({n.input[1]})" for n in model.graph.node
