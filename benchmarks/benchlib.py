@@ -4,6 +4,7 @@ one way to run a child process (wall time + peak RSS via os.wait4), and the mark
 Timing: `timed` times every call on its own with perf_counter and lets the measured things take turns in
 rounds, so that a shared machine's slow moments hit all of them alike; report medians of those samples.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,10 +15,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]  # the project root
 DEFAULT_DATA = ROOT.parent / "shared" / "data"  # ../shared/data, beside the project
@@ -30,11 +32,20 @@ if str(ROOT) not in sys.path:  # `python benchmarks/x.py` puts benchmarks/, not 
 # -----------------------------------------------------------------------------
 # arguments
 
+
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA,
-                        help="MNIST root in torchvision layout (DIR/MNIST/raw/); default ../shared/data")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help="where exported models, PNGs and training runs go (reused by reruns)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="MNIST root in torchvision layout (DIR/MNIST/raw/); default ../shared/data",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="where exported models, PNGs and training runs go (reused by reruns)",
+    )
     parser.add_argument("--quick", action="store_true", help="a tenth of the repetitions: for trying the scripts")
     return parser
 
@@ -42,9 +53,15 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 # -----------------------------------------------------------------------------
 # timing
 
-def timed(calls: dict[Any, Callable[[], Any]], reps: int, rounds: int = 10, warmup: int = 3,
-          before: dict[Any, Callable[[], Any]] | None = None, budget: float = float("inf")
-          ) -> dict[Any, list[float]]:
+
+def timed(
+    calls: dict[Any, Callable[[], Any]],
+    reps: int,
+    rounds: int = 10,
+    warmup: int = 3,
+    before: dict[Any, Callable[[], Any]] | None = None,
+    budget: float = float("inf"),
+) -> dict[Any, list[float]]:
     """Seconds taken by each of `reps` calls of every callable; the callables take turns, `rounds` times.
     A turn ends early once it has used its share of `budget` seconds (each callable gets at least one
     call per round). before[name], if given, runs untimed before each turn of that callable."""
@@ -101,9 +118,13 @@ def run_child(argv: Sequence[str], capture: bool = False, cwd: Path = ROOT) -> C
     os.wait4 in a tiny wrapper process. Raises RuntimeError, with the end of its stderr, when it fails."""
     read, write = os.pipe()
     with tempfile.TemporaryFile() as stderr:
-        wrapper = subprocess.Popen([sys.executable, "-S", "-c", _WAIT4_WRAPPER, str(write), *argv], cwd=cwd,
-                                   stdout=subprocess.PIPE if capture else subprocess.DEVNULL, stderr=stderr,
-                                   pass_fds=(write,))
+        wrapper = subprocess.Popen(
+            [sys.executable, "-S", "-c", _WAIT4_WRAPPER, str(write), *argv],
+            cwd=cwd,
+            stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+            stderr=stderr,
+            pass_fds=(write,),
+        )
         os.close(write)
         out = wrapper.stdout.read() if wrapper.stdout else None
         wrapper.wait()
@@ -127,6 +148,7 @@ def console_script(name: str) -> str:
 
 # -----------------------------------------------------------------------------
 # the machine
+
 
 def _cpu_model() -> str:
     try:
@@ -158,10 +180,12 @@ def _version(package: str) -> str:
 
 def _git_commit() -> str:
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
         return head + (" (with uncommitted changes)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -176,10 +200,16 @@ def machine_header(title: str, quick: bool) -> str:
         ["load average at start (1/5/15 min)", load],
         ["OS", f"{platform.system()} {platform.release()}"],
         ["python", platform.python_version()],
-        ["numpy / onnxruntime / torch", " / ".join(_version(p) for p in ("numpy", "onnxruntime", "torch"))],
+        [
+            "numpy / onnxruntime / torch / onnx",
+            " / ".join(_version(p) for p in ("numpy", "onnxruntime", "torch", "onnx")),
+        ],
         ["edge-infer commit", _git_commit()],
-        ["measured", time.strftime("%Y-%m-%d %H:%M:%S %Z")
-         + ("; --quick: a tenth of the repetitions, medians are rougher" if quick else "")],
+        [
+            "measured",
+            time.strftime("%Y-%m-%d %H:%M:%S %Z")
+            + ("; --quick: a tenth of the repetitions, medians are rougher" if quick else ""),
+        ],
     ]
     return f"# {title}\n\n" + table(["machine", ""], rows)
 
@@ -187,12 +217,12 @@ def machine_header(title: str, quick: bool) -> str:
 # -----------------------------------------------------------------------------
 # markdown
 
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A markdown table; a column whose first cell starts with a digit (bold or not) is right-aligned."""
     cells = [[str(c) for c in row] for row in rows]
     numeric = [bool(cells) and cells[0][i].lstrip("*")[:1].isdigit() for i in range(len(headers))]
-    lines = ["| " + " | ".join(headers) + " |",
-             "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(lines) + "\n"
 

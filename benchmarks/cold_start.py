@@ -7,13 +7,14 @@ Each is a fresh process; wall time is spawn to exit, peak RSS is ru_maxrss from 
 benchlib.run_child). The three commands take turns, after one untimed warm-up each so that the files are
 in the page cache (a process cold start, not a disk cold start); medians.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 
-from benchlib import add_common_args, console_script, machine_header, median, mib, run_child, section, table, \
-    target, timed
+import benchlib
+from benchlib import console_script, median, mib, run_child, section, table, target, timed
 
 RUNS = 7  # per command; --quick: 5 (the least that makes a median worth printing)
 TARGET_SECONDS, TARGET_RSS = 0.16, 64 * 2**20
@@ -36,21 +37,27 @@ def run(quick: bool) -> str:
     seconds = {name: median(s) for name, s in samples.items()}
     rss = {name: median(p[1:]) for name, p in peaks.items()}  # p[0] is the warm-up's
 
-    rows = [[name, f"{seconds[name]:.3f}", f"{min(samples[name]):.3f}", mib(rss[name]), len(samples[name])]
-            for name in commands]
+    rows = [
+        [name, f"{seconds[name]:.3f}", f"{min(samples[name]):.3f}", mib(rss[name]), len(samples[name])]
+        for name in commands
+    ]
     results = table(["command", "wall s (median)", "wall s (best)", "peak RSS (median)", "runs"], rows)
-    checks = target(f"cold start <= {TARGET_SECONDS} s wall and <= {mib(TARGET_RSS)}",
-                    f"{seconds[cli]:.3f} s ({seconds[cli] - seconds[floor]:+.3f} s over the floor), {mib(rss[cli])}",
-                    seconds[cli] <= TARGET_SECONDS and rss[cli] <= TARGET_RSS)
-    about = ("Fresh processes, started from the project root with stdout to /dev/null by a tiny wrapper that "
-             "times each from spawn to exit and reads its peak RSS (`ru_maxrss`) from `os.wait4`. The commands "
-             "take turns after one untimed warm-up each (files in the page cache); medians.")
+    checks = target(
+        f"cold start <= {TARGET_SECONDS} s wall and <= {mib(TARGET_RSS)}",
+        f"{seconds[cli]:.3f} s ({seconds[cli] - seconds[floor]:+.3f} s over the floor), {mib(rss[cli])}",
+        seconds[cli] <= TARGET_SECONDS and rss[cli] <= TARGET_RSS,
+    )
+    about = (
+        "Fresh processes, started from the project root with stdout to /dev/null by a tiny wrapper that "
+        "times each from spawn to exit and reads its peak RSS (`ru_maxrss`) from `os.wait4`. The commands "
+        "take turns after one untimed warm-up each (files in the page cache); medians."
+    )
     return section("2. CLI cold start", about, results, checks)
 
 
 def main() -> None:
-    args = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0])).parse_args()
-    print(machine_header("edge-infer CLI cold start", args.quick) + "\n" + run(args.quick))
+    args = benchlib.add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0])).parse_args()
+    print(benchlib.machine_header("edge-infer CLI cold start", args.quick) + "\n" + run(args.quick))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@
    Classifier (so with the runtime's options); each at 1 thread and at 2 (threads=None picks 1 below
    batch 256 and all cores from there on).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,16 +18,15 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-
+import training
 from benchlib import ROOT, add_common_args, machine_header, median, section, table, target, timed
 
-import training
 from edge_infer import Classifier
-from export.graph import FORMS, build_model
 from edge_infer.classifier import bundled_model_path
+from edge_infer.model_info import INPUT_NAME, OUTPUT_NAME, to_rows
 from export.export import export, load_trained
+from export.graph import FORMS, build_graph
 from train.data import Split, load_mnist
 
 BATCHES = (1, 64, 1024)
@@ -54,8 +54,10 @@ def resolve_checkpoint(checkpoint: Path | None, out: Path, data_dir: Path) -> tu
     if BUNDLED_RUN.is_file():
         return BUNDLED_RUN, "runs/bundled: the run `python -m export.bundle` exported the bundled models from"
     run = training.ensure_run("default", out, data_dir)
-    return run.checkpoint, (f"no {BUNDLED_RUN.relative_to(ROOT)} here, so the default recipe with seed 0 (what "
-                            f"export.bundle trains) from `{' '.join(run.command)}`, {run.source}")
+    return run.checkpoint, (
+        f"no {BUNDLED_RUN.relative_to(ROOT)} here, so the default recipe with seed 0 (what "
+        f"export.bundle trains) from `{' '.join(run.command)}`, {run.source}"
+    )
 
 
 def export_models(checkpoint: Path, origin: str, out: Path, test: Split) -> Exported:
@@ -67,35 +69,49 @@ def export_models(checkpoint: Path, origin: str, out: Path, test: Split) -> Expo
 
 def _same_as_bundled(path: Path, int8: bool) -> str:
     digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
-    return "identical to the bundled model" if digest(path) == digest(bundled_model_path(int8)) else \
-        "not byte-identical to the bundled model"
+    return (
+        "identical to the bundled model"
+        if digest(path) == digest(bundled_model_path(int8))
+        else "not byte-identical to the bundled model"
+    )
 
 
 def measure(models: Exported, test: Split, quick: bool) -> tuple[str, list[str]]:
     """The results table and the target lines."""
     _, trained, _ = load_trained(models.checkpoint)  # DigitRNN(batch_first=True), as trained, in eval mode
-    sessions = {(precision, threads): Classifier(path, threads=threads).session
-                for precision, path in (("fp32", models.fp32), ("int8", models.int8)) for threads in THREADS}
+    sessions = {
+        (precision, threads): Classifier(path, threads=threads).session
+        for precision, path in (("fp32", models.fp32), ("int8", models.int8))
+        for threads in THREADS
+    }
 
     rows, best, agreement = [], {}, {}
     for batch in BATCHES:
         images = test.floats(slice(0, batch))  # real MNIST test images, [B, 28, 28] in [0, 1]
-        rows_input = np.ascontiguousarray(images.numpy().transpose(1, 0, 2))  # [28, B, 28], time-major
+        rows_input = to_rows(images.numpy())  # [28, B, 28], time-major
 
         calls, before = {}, {}
         for threads in THREADS:
-            calls[("torch", threads)] = lambda: trained(images)
+            calls[("torch", threads)] = lambda images=images: trained(images)
             before[("torch", threads)] = lambda threads=threads: torch.set_num_threads(threads)
         for key, session in sessions.items():
-            calls[key] = lambda session=session: session.run(["logits"], {"rows": rows_input})
+            calls[key] = lambda session=session, feed={INPUT_NAME: rows_input}: session.run([OUTPUT_NAME], feed)
         with torch.inference_mode():
-            samples = timed(calls, reps=REPS[batch] // (10 if quick else 1), before=before,
-                            budget=BUDGET / (10 if quick else 1))
+            samples = timed(
+                calls, reps=REPS[batch] // (10 if quick else 1), before=before, budget=BUDGET / (10 if quick else 1)
+            )
             reference = trained(images).numpy()
         seconds = {key: median(s) for key, s in samples.items()}
         if batch == BATCHES[-1]:
-            agreement = {p: float((sessions[(p, 1)].run(["logits"], {"rows": rows_input})[0].argmax(1)
-                                   == reference.argmax(1)).mean()) for p in ("fp32", "int8")}
+            agreement = {
+                p: float(
+                    (
+                        sessions[(p, 1)].run([OUTPUT_NAME], {INPUT_NAME: rows_input})[0].argmax(1)
+                        == reference.argmax(1)
+                    ).mean()
+                )
+                for p in ("fp32", "int8")
+            }
 
         for engine in ("torch", "fp32", "int8"):  # the faster thread setting of each
             threads = min(THREADS, key=lambda t: seconds[(engine, t)])
@@ -103,24 +119,41 @@ def measure(models: Exported, test: Split, quick: bool) -> tuple[str, list[str]]
         t_torch = best[(batch, "torch")][0]
         for (engine, threads), t in seconds.items():
             micros = f"{t * 1e6:,.1f}"
-            rows.append([batch, "torch eager" if engine == "torch" else f"onnxruntime {engine}", threads,
-                         f"**{micros}**" if best[(batch, engine)][1] == threads else micros, f"{batch / t:,.0f}",
-                         f"{t_torch / t:.2f}x", len(samples[(engine, threads)])])
+            rows.append(
+                [
+                    batch,
+                    "torch eager" if engine == "torch" else f"onnxruntime {engine}",
+                    threads,
+                    f"**{micros}**" if best[(batch, engine)][1] == threads else micros,
+                    f"{batch / t:,.0f}",
+                    f"{t_torch / t:.2f}x",
+                    len(samples[(engine, threads)]),
+                ]
+            )
 
-    results = table(["batch", "engine", "threads", "µs per call (median)", "images/s", "vs torch", "calls timed"],
-                    rows)
+    results = table(["batch", "engine", "threads", "µs per call (median)", "images/s", "vs torch", "calls timed"], rows)
     checks = []
-    for batch, precision, need_us, need_x in ((1, "fp32", 30, 6), (1, "int8", 30, 6),
-                                              (1024, "fp32", None, 1.2), (1024, "int8", None, 2.0)):
+    for batch, precision, need_us, need_x in (
+        (1, "fp32", 30, 6),
+        (1, "int8", 30, 6),
+        (1024, "fp32", None, 1.2),
+        (1024, "int8", None, 2.0),
+    ):
         (t, threads), (t_torch, torch_threads) = best[(batch, precision)], best[(batch, "torch")]
-        what = (f"batch 1, {precision}: <= {need_us} µs per session.run and >= {need_x}x torch" if need_us else
-                f"batch {batch}, {precision}: >= {need_x}x torch throughput")
+        what = (
+            f"batch 1, {precision}: <= {need_us} µs per session.run and >= {need_x}x torch"
+            if need_us
+            else f"batch {batch}, {precision}: >= {need_x}x torch throughput"
+        )
         measured = (f"{t * 1e6:.1f} µs, " if need_us else "") + (
             f"{t_torch / t:.2f}x torch ({batch / t:,.0f} vs {batch / t_torch:,.0f} images/s; threads: "
-            f"onnxruntime {threads}, torch {torch_threads})")
+            f"onnxruntime {threads}, torch {torch_threads})"
+        )
         checks.append(target(what, measured, (need_us is None or t * 1e6 <= need_us) and t_torch / t >= need_x))
-    checks.append(f"- argmax agreement with torch on the {BATCHES[-1]} images: fp32 {agreement['fp32']:.2%}, "
-                  f"int8 {agreement['int8']:.2%}\n")
+    checks.append(
+        f"- argmax agreement with torch on the {BATCHES[-1]} images: fp32 {agreement['fp32']:.2%}, "
+        f"int8 {agreement['int8']:.2%}\n"
+    )
     return results, checks
 
 
@@ -134,14 +167,14 @@ def compare_forms(models: Exported, test: Split, quick: bool) -> str:
     config = time_major.config
     sessions = {}
     for form in FORMS:
-        model = build_model(weights, config.cell, config.hidden, config.layers, form=form)
+        model = build_graph(weights, config.cell, config.hidden, config.layers, form=form)
         model.metadata_props.extend(exported.metadata_props)  # so that Classifier takes it
         for threads in THREADS:
             sessions[(form, threads)] = Classifier(model.SerializeToString(), threads=threads).session
     rows = []
     for batch in BATCHES:
-        rows_input = np.ascontiguousarray(test.floats(slice(0, batch)).numpy().transpose(1, 0, 2))
-        calls = {key: lambda s=s: s.run(["logits"], {"rows": rows_input}) for key, s in sessions.items()}
+        feed = {INPUT_NAME: to_rows(test.floats(slice(0, batch)).numpy())}
+        calls = {key: lambda s=s, feed=feed: s.run([OUTPUT_NAME], feed) for key, s in sessions.items()}
         samples = timed(calls, reps=REPS[batch] // (10 if quick else 1), budget=BUDGET / (10 if quick else 1))
         for form in FORMS:
             rows.append([batch, form] + [f"{median(samples[(form, t)]) * 1e6:,.1f}" for t in THREADS])
@@ -154,28 +187,38 @@ def run(checkpoint: Path | None, out: Path, data_dir: Path, quick: bool) -> tupl
     models = export_models(path, origin, out, test)
     results, checks = measure(models, test, quick)
     forms = compare_forms(models, test, quick)
-    about = (f"Checkpoint `{models.checkpoint}` ({models.origin}), exported by this run with export.export "
-             f"(parity with torch checked) to `{models.fp32}` ({_same_as_bundled(models.fp32, False)}; MNIST "
-             f"test accuracy {models.fp32_accuracy:.2%}) and `{models.int8}` "
-             f"({_same_as_bundled(models.int8, True)}; {models.int8_accuracy:.2%}).\n\n"
-             "Each row times single calls on the first B MNIST test images: torch eager `model(images)` "
-             "(batch_first [B, 28, 28] as trained, torch.inference_mode) vs `session.run` on time-major "
-             "[28, B, 28] input, sessions made by `edge_infer.Classifier(threads=...)` (so the runtime's options: "
-             "inter-op 1; worker threads spin only in multi-thread sessions). Both at 1 and 2 threads "
-             "(torch.set_num_threads; onnxruntime intra-op threads: the runtime's default, threads=None, uses 1 "
-             "below batch 256 and all cores from there on); on a busy 2-core machine, 2 torch threads can be far slower than 1, "
-             "so 'vs torch' compares with torch's faster setting at that batch. All rows take turns in 10 "
-             "rounds; medians. Bold: the faster thread setting of each engine, which the targets use.")
-    forms_about = ("\n\nThe fp32 graph forms `edge-export --form` can write (export/graph.py), from the same weights, "
-                   "timed the same way (session.run, medians; the default is `per-step`):\n\n")
-    return section("1. Inference: torch eager vs onnxruntime", about, results,
-                   "".join(checks) + forms_about + forms), models
+    about = (
+        f"Checkpoint `{models.checkpoint}` ({models.origin}), exported by this run with export.export "
+        f"(parity with torch checked) to `{models.fp32}` ({_same_as_bundled(models.fp32, False)}; MNIST "
+        f"test accuracy {models.fp32_accuracy:.2%}) and `{models.int8}` "
+        f"({_same_as_bundled(models.int8, True)}; {models.int8_accuracy:.2%}).\n\n"
+        "Each row times single calls on the first B MNIST test images: torch eager `model(images)` "
+        "(batch_first [B, 28, 28] as trained, torch.inference_mode) vs `session.run` on time-major "
+        "[28, B, 28] input, sessions made by `edge_infer.Classifier(threads=...)` (so the runtime's options: "
+        "inter-op 1; worker threads spin only in multi-thread sessions). Both at 1 and 2 threads "
+        "(torch.set_num_threads; onnxruntime intra-op threads: the runtime's default, threads=None, uses 1 "
+        "below batch 256 and all cores from there on); on a busy 2-core machine, 2 torch threads "
+        "can be far slower than 1, so 'vs torch' compares with torch's faster setting at that batch. "
+        "All rows take turns in 10 rounds; medians. Bold: the faster thread setting of each engine, "
+        "which the targets use."
+    )
+    forms_about = (
+        "\n\nThe fp32 graph forms `edge-export --form` can write (export/graph.py), from the same weights, "
+        "timed the same way (session.run, medians; the default is `per-step`):\n\n"
+    )
+    return section(
+        "1. Inference: torch eager vs onnxruntime", about, results, "".join(checks) + forms_about + forms
+    ), models
 
 
 def main() -> None:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="an edge-train checkpoint (default: runs/bundled/checkpoint.pt, else OUT/train-default)")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="an edge-train checkpoint (default: runs/bundled/checkpoint.pt, else OUT/train-default)",
+    )
     args = parser.parse_args()
     body, _ = run(args.checkpoint, args.out, args.data_dir, args.quick)
     print(machine_header("edge-infer inference benchmark", args.quick) + "\n" + body)

@@ -1,12 +1,17 @@
-"""All the benchmarks, one markdown report on stdout (progress notes go to stderr):
+"""All the benchmarks, one markdown report, written to benchmarks/RESULTS.md and printed (progress notes go
+to stderr):
 
     python benchmarks/run.py [--data-dir ../shared/data] [--out bench-out] [--quick] [--training]
-                             [--checkpoint runs/bundled/checkpoint.pt]
+                             [--checkpoint runs/bundled/checkpoint.pt] [--results benchmarks/RESULTS.md]
+
+The report starts with the machine, the versions and the commit, then every table. README.md quotes no
+numbers from it, only the targets and where each stands; RESULTS.md is the record.
 
 Sections: 1 inference (torch vs onnxruntime fp32/int8), 2 CLI cold start, 3 bulk, 4 training (only with
 --training: it runs three edge-train recipes, ~10 minutes, unless OUT already holds their histories),
 5 model sizes. See benchmarks/README.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,23 +20,39 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import add_common_args, machine_header
-
 import bulk
 import cold_start
 import inference
 import sizes
 import training
+from benchlib import ROOT, add_common_args, machine_header
+
 from edge_infer.classifier import bundled_model_path
+from train.files import atomic_write
+
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 
 
 def main() -> None:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="edge-train checkpoint for the inference section (default: runs/bundled/checkpoint.pt, "
-                             "else OUT/train-default, trained if missing)")
-    parser.add_argument("--training", action="store_true",
-                        help="include the training section (trains into OUT/train-* unless already there)")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="edge-train checkpoint for the inference section (default: runs/bundled/checkpoint.pt, "
+        "else OUT/train-default, trained if missing)",
+    )
+    parser.add_argument(
+        "--training",
+        action="store_true",
+        help="include the training section (trains into OUT/train-* unless already there)",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help="where to write the report (default benchmarks/RESULTS.md); '-': stdout only",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -53,14 +74,23 @@ def main() -> None:
     else:
         sections.append("## 4. Training\n\nNot run: add `--training` (see benchmarks/README.md).\n")
     progress("5. model sizes")
-    sections.append(sizes.run({f"exported from `{models.checkpoint}` (section 1)": (models.fp32, models.int8),
-                               "bundled (edge_infer/models/)": (bundled_model_path(False), bundled_model_path(True))},
-                              models.checkpoint))
+    sections.append(
+        sizes.run(
+            {
+                f"exported from `{models.checkpoint}` (section 1)": (models.fp32, models.int8),
+                "bundled (edge_infer/models/)": (bundled_model_path(False), bundled_model_path(True)),
+            },
+            models.checkpoint,
+        )
+    )
     progress("done")
 
     command = shlex.join(["python", "benchmarks/run.py", *sys.argv[1:]])
-    print(header + f"\nCommand: `{command}`; took {time.perf_counter() - started:.0f} s.\n")
-    print("\n".join(sections))
+    report = header + f"\nCommand: `{command}`; took {time.perf_counter() - started:.0f} s.\n\n" + "\n".join(sections)
+    print(report)
+    if str(args.results) != "-":
+        atomic_write(args.results, lambda tmp: Path(tmp).write_text(report))
+        print(f"wrote {args.results}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ checkpoint they came from.
 Standalone, it reports the models in OUT/models/ if inference.py exported any, the bundled ones, and
 --checkpoint if given.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,6 @@ import io
 from pathlib import Path
 
 import torch
-
 from benchlib import add_common_args, machine_header, section, table
 
 from edge_infer.classifier import bundled_model_path
@@ -37,12 +37,18 @@ def run(models: dict[str, tuple[Path, Path]], checkpoint: Path | None) -> str:
         torch.save(state["model"], buffer)
         weights = sum(t.numel() * t.element_size() for t in state["model"].values())
         fp32 = next(iter(models.values()))[0].stat().st_size if models else None
-        rows = [[what, f"{n:,}", f"{n / fp32:.2f}" if fp32 else ""]
-                for what, n in (("checkpoint file (weights + optimizer/scheduler state)", checkpoint.stat().st_size),
-                                ("its state_dict alone, torch.save'd", len(buffer.getvalue())),
-                                ("raw weight bytes (sum of numel x element size)", weights))]
-        parts.append(f"Torch, for comparison (`{checkpoint}`):\n\n"
-                     + table(["", "bytes", "vs the fp32 .onnx of the first row above"], rows))
+        rows = [
+            [what, f"{n:,}", f"{n / fp32:.2f}" if fp32 else ""]
+            for what, n in (
+                ("checkpoint file (weights + optimizer/scheduler state)", checkpoint.stat().st_size),
+                ("its state_dict alone, torch.save'd", len(buffer.getvalue())),
+                ("raw weight bytes (sum of numel x element size)", weights),
+            )
+        ]
+        parts.append(
+            f"Torch, for comparison (`{checkpoint}`):\n\n"
+            + table(["", "bytes", "vs the fp32 .onnx of the first row above"], rows)
+        )
     return section("5. Model sizes", *parts)
 
 

@@ -8,6 +8,7 @@ says so; a run that was cut short is resumed; one of an older recipe is removed 
 come from history.json: cumulative training seconds per epoch, measured by the trainer itself, evaluation
 excluded. Expect ~10 minutes for all three on an idle 2-core CPU (seed ~6+ min). --quick changes nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,8 +77,18 @@ def ensure_run(name: str, out: Path, data_dir: Path) -> Run:
     """The finished run NAME under out: reused if there, else trained now (resumed if cut short)."""
     what, options, preset = RUNS[name]
     run_dir = out / f"train-{name}"
-    command = ["edge-train", *options, "--out", str(run_dir), "--data-dir", str(data_dir), "--no-download",
-               "--quiet", "--seed", "0"]
+    command = [
+        "edge-train",
+        *options,
+        "--out",
+        str(run_dir),
+        "--data-dir",
+        str(data_dir),
+        "--no-download",
+        "--quiet",
+        "--seed",
+        "0",
+    ]
     if _stale(run_dir, preset, command):
         print(f"[training] {run_dir} was trained with another recipe than today's; removing it", file=sys.stderr)
         shutil.rmtree(run_dir)
@@ -87,8 +98,11 @@ def ensure_run(name: str, out: Path, data_dir: Path) -> Run:
         return Run(name, run_dir, command, history, f"cached history.json ({stamp})")
 
     resume = ["--resume"] if (run_dir / "checkpoint.pt").exists() else []
-    print(f"[training] {' '.join(command + resume)} ... (see benchmarks/README.md for how long)", file=sys.stderr,
-          flush=True)
+    print(
+        f"[training] {' '.join(command + resume)} ... (see benchmarks/README.md for how long)",
+        file=sys.stderr,
+        flush=True,
+    )
     child = run_child([sys.executable, "-m", "train", *command[1:], *resume])
     history = read_history(run_dir)
     source = f"trained by this run ({child.seconds:.0f} s wall incl. data loading and evaluation"
@@ -104,40 +118,70 @@ def report(runs: dict[str, Run]) -> str:
     for name, run in runs.items():
         last = run.history[-1]
         reach = {acc: run.seconds_to(acc) for acc in (0.98, 0.99)}
-        rows.append([RUNS[name][0], len(run.history), _pct(last["test_acc"]),
-                     *(f"{r[0]:.1f} s (epoch {r[1]})" if r else "never" for r in reach.values()),
-                     f"{last['seconds'] / len(run.history):.1f}", f"{last['seconds']:.1f}", run.source])
-    lines = table(["run", "epochs", "final test acc", "time to 98.0 %", "time to 99.0 %", "s / epoch",
-                   "training s", "history"], rows)
+        rows.append(
+            [
+                RUNS[name][0],
+                len(run.history),
+                _pct(last["test_acc"]),
+                *(f"{r[0]:.1f} s (epoch {r[1]})" if r else "never" for r in reach.values()),
+                f"{last['seconds'] / len(run.history):.1f}",
+                f"{last['seconds']:.1f}",
+                run.source,
+            ]
+        )
+    lines = table(
+        ["run", "epochs", "final test acc", "time to 98.0 %", "time to 99.0 %", "s / epoch", "training s", "history"],
+        rows,
+    )
     commands = "Commands (each `--data-dir DATA --no-download --quiet --seed 0`):\n" + "".join(
-        f"- {RUNS[name][0].split(':')[0]}: `{' '.join(run.command[:run.command.index('--data-dir')])}`\n"
-        for name, run in runs.items())
+        f"- {RUNS[name][0].split(':')[0]}: `{' '.join(run.command[: run.command.index('--data-dir')])}`\n"
+        for name, run in runs.items()
+    )
 
     checks = []
     if "default" in runs:
         run = runs["default"]
         reach, last = run.seconds_to(0.98), run.history[-1]
-        checks.append(target("default recipe >= 98.0 % within 20 s",
-                             f"{reach[0]:.1f} s" if reach else "never reached", bool(reach and reach[0] <= 20)))
-        checks.append(target("default recipe >= 98.8 % at the end, within 60 s",
-                             f"{_pct(last['test_acc'])} after {last['seconds']:.1f} s",
-                             last["test_acc"] >= 0.988 and last["seconds"] <= 60))
+        checks.append(
+            target(
+                "default recipe >= 98.0 % within 20 s",
+                f"{reach[0]:.1f} s" if reach else "never reached",
+                bool(reach and reach[0] <= 20),
+            )
+        )
+        checks.append(
+            target(
+                "default recipe >= 98.8 % at the end, within 60 s",
+                f"{_pct(last['test_acc'])} after {last['seconds']:.1f} s",
+                last["test_acc"] >= 0.988 and last["seconds"] <= 60,
+            )
+        )
     if "seed" in runs:
         run = runs["seed"]
         last = run.history[-1]
-        checks.append(target("seed preset >= 97.8 % after 30 epochs",
-                             f"{_pct(last['test_acc'])} after {len(run.history)} epochs",
-                             last["test_acc"] >= 0.978 and len(run.history) == 30))
+        checks.append(
+            target(
+                "seed preset >= 97.8 % after 30 epochs",
+                f"{_pct(last['test_acc'])} after {len(run.history)} epochs",
+                last["test_acc"] >= 0.978 and len(run.history) == 30,
+            )
+        )
     reached = {name: runs[name].seconds_to(0.99) for name in GATED if name in runs}
     if reached:
         # the best gated cell: the one that reaches 99 % first (None: never)
         best = min(reached, key=lambda name: reached[name][0] if reached[name] else float("inf"))
         reach = reached[best]
-        checks.append(target(f"best gated cell ({best}) >= 99.0 % within 3 minutes",
-                             f"{reach[0]:.1f} s (epoch {reach[1]})" if reach else "never reached",
-                             bool(reach and reach[0] <= 180)))
-    note = ("Times are edge-train's own: cumulative training seconds at the end of each epoch (evaluation "
-            "excluded), from each run's history.json; 'time to' is the first epoch whose test accuracy reached it.")
+        checks.append(
+            target(
+                f"best gated cell ({best}) >= 99.0 % within 3 minutes",
+                f"{reach[0]:.1f} s (epoch {reach[1]})" if reach else "never reached",
+                bool(reach and reach[0] <= 180),
+            )
+        )
+    note = (
+        "Times are edge-train's own: cumulative training seconds at the end of each epoch (evaluation "
+        "excluded), from each run's history.json; 'time to' is the first epoch whose test accuracy reached it."
+    )
     return section("4. Training", note, lines, commands, "".join(checks))
 
 

@@ -3,8 +3,8 @@
     clf = Classifier()                      # the bundled fp32 model
     clf.predict("digit.png").label          # -> 7
 
-One Classifier may be shared by many threads: it holds no mutable state and
-onnxruntime's InferenceSession.run is thread-safe.
+One Classifier may be shared by many threads: onnxruntime's InferenceSession.run is thread-safe, and the
+one piece of state that changes, the all-cores session made on first use, is created under a lock.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from edge_infer.model_info import INPUT_NAME, OUTPUT_NAME, PIXELS, STEPS, ModelInfo
+from edge_infer.model_info import INPUT_NAME, OUTPUT_NAME, PIXELS, STEPS, ModelInfo, to_rows
 from edge_infer.preprocess import ImageInput, preprocess
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -156,7 +156,7 @@ class Classifier:
         found = digits.sum(axis=(1, 2)) > NO_INK
         results = [NO_DIGIT] * len(digits)
         if found.any():
-            rows = np.ascontiguousarray(digits[found].transpose(1, 0, 2))  # [28, n, 28]: time-major
+            rows = to_rows(digits[found])  # [28, n, 28]: time-major
             logits = self._session_for(rows.shape[1]).run([OUTPUT_NAME], {INPUT_NAME: rows})[0]
             probabilities = softmax(logits)
             labels = probabilities.argmax(axis=1)

@@ -6,6 +6,7 @@ Each file name ends in the digit it shows. Two come from the MNIST *test* set (r
 look like a scan and a phone photo; the others are a font, a drawing on a transparent canvas, and a raw
 28x28 MNIST image.
 """
+
 from __future__ import annotations
 
 import argparse

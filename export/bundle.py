@@ -3,8 +3,15 @@
     python -m export.bundle --data-dir ../shared/data
 
 runs edge-train (default recipe, GRU-128) and edge-export exactly as recorded in edge_infer/models/provenance.json,
-which also records each model's MNIST test accuracy, size and sha256 (the runtime checks the sha256).
+which also records each model's MNIST test accuracy, size and sha256 (the runtime checks the sha256), the
+training run's outcome and the versions used.
+
+provenance.json holds only what the rebuild determines, so that rebuilding from unchanged code and versions
+(seeded, deterministic CPU training) leaves the committed tree unchanged: how long training took depends on
+the machine and its load, so it stays in the run directory (RUN_DIR/history.json) and is printed, not
+committed. The file is rewritten only when its content changes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +27,7 @@ from pathlib import Path
 import onnx
 
 from edge_infer.classifier import BUNDLED, MODELS_DIR, PROVENANCE
-from train.trainer import atomic_write
+from train.files import atomic_write
 
 SEED = 0
 # The bundled cell is chosen by real-world accuracy (benchmarks/realworld.py): a GRU-128 with the default
@@ -47,8 +54,16 @@ def main() -> None:
     rel = lambda p: str(p.relative_to(Path.cwd())) if p.is_relative_to(Path.cwd()) else str(p)  # noqa: E731
     commands = [
         ["edge-train", "--cell", CELL, "--out", args.run_dir, "--data-dir", args.data_dir, "--seed", str(SEED), "--quiet"],
-        ["edge-export", f"{args.run_dir}/checkpoint.pt", "--out", rel(fp32), "--int8", rel(int8),
-         "--data-dir", args.data_dir],
+        [
+            "edge-export",
+            f"{args.run_dir}/checkpoint.pt",
+            "--out",
+            rel(fp32),
+            "--int8",
+            rel(int8),
+            "--data-dir",
+            args.data_dir,
+        ],
     ]
     for command in commands:
         _run(command)
@@ -58,19 +73,34 @@ def main() -> None:
     for path in (fp32, int8):
         blob = path.read_bytes()
         meta = {p.key: p.value for p in onnx.load_from_string(blob).metadata_props}
-        models[path.name] = {"precision": meta["precision"], "sha256": hashlib.sha256(blob).hexdigest(),
-                             "bytes": len(blob), "mnist_test_accuracy": float(meta["mnist_test_accuracy"])}
+        models[path.name] = {
+            "precision": meta["precision"],
+            "sha256": hashlib.sha256(blob).hexdigest(),
+            "bytes": len(blob),
+            "mnist_test_accuracy": float(meta["mnist_test_accuracy"]),
+        }
     provenance = {
         "commands": [shlex.join(c) for c in commands],
         "models": models,
-        "training": {"epochs": len(history), "seconds": history[-1]["seconds"], "test_acc": history[-1]["test_acc"],
-                     "seed": SEED},
-        "versions": {"python": platform.python_version(), "torch": version("torch"), "onnx": version("onnx"),
-                     "onnxruntime": version("onnxruntime"), "edge-infer": version("edge-infer")},
+        "training": {"epochs": len(history), "test_acc": history[-1]["test_acc"], "seed": SEED},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": version("torch"),
+            "onnx": version("onnx"),
+            "onnxruntime": version("onnxruntime"),
+            "edge-infer": version("edge-infer"),
+        },
     }
     text = json.dumps(provenance, indent=2) + "\n"
-    atomic_write(MODELS_DIR / PROVENANCE, lambda tmp: Path(tmp).write_text(text))
+    path = MODELS_DIR / PROVENANCE
+    unchanged = path.is_file() and path.read_text() == text
+    if not unchanged:
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     print(text)
+    print(
+        f"{path}: {'unchanged' if unchanged else 'updated'}; training took {history[-1]['seconds']:.1f} s on "
+        f"this machine (see {args.run_dir}/history.json)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """edge-export: a thin command-line shell over export.export."""
+
 from __future__ import annotations
 
 import sys
@@ -17,15 +18,35 @@ def _fail(message: str, code: int = 2) -> None:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="fp32 model to write.")
-@click.option("--int8", "int8_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write a dynamically quantized int8 model here.")
-@click.option("--opset", type=click.IntRange(OPSETS[0], OPSETS[-1]), default=OPSET, show_default=True,
-              help="ONNX opset; the IR version follows it (17: onnxruntime >= 1.16).")
-@click.option("--form", type=click.Choice(FORMS), default="per-step", show_default=True,
-              help="fp32 graph form: 'per-step' (fastest from batch 64 on), 'hoisted' (~20% faster at batch 1) "
-                   "or 'node' (one ONNX RNN/GRU/LSTM node per layer); see export/graph.py.")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data"), show_default=True,
-              help="MNIST for the parity and accuracy checks (torchvision layout: DIR/MNIST/raw/).")
+@click.option(
+    "--int8",
+    "int8_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write a dynamically quantized int8 model here.",
+)
+@click.option(
+    "--opset",
+    type=click.IntRange(OPSETS[0], OPSETS[-1]),
+    default=OPSET,
+    show_default=True,
+    help="ONNX opset; the IR version follows it (17: onnxruntime >= 1.16).",
+)
+@click.option(
+    "--form",
+    type=click.Choice(FORMS),
+    default="per-step",
+    show_default=True,
+    help="fp32 graph form: 'per-step' (fastest from batch 64 on), 'hoisted' (~20% faster at batch 1) "
+    "or 'node' (one ONNX RNN/GRU/LSTM node per layer); see export/graph.py.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("data"),
+    show_default=True,
+    help="MNIST for the parity and accuracy checks (torchvision layout: DIR/MNIST/raw/).",
+)
 @click.option("--no-download", is_flag=True, help="Never download MNIST; fail if it is missing.")
 def main(checkpoint, out, int8_out, opset, form, data_dir, no_download) -> None:
     """Export an edge-train CHECKPOINT to ONNX, after checking parity with torch on real MNIST images."""

@@ -1,18 +1,26 @@
-"""Checkpoint -> ONNX, with the checks in one place (like YOLOv5's export.py):
+"""Checkpoint -> ONNX, with the checks in one place (like YOLOv5's export.py, one table drives the formats):
 
 1. rebuild the trained model time-major (batch_first=False, same weights) as the torch reference;
-2. build the ONNX graph (export.graph), pin opset + IR version, write metadata, run onnx.checker;
-3. parity on real MNIST test images: max |logit difference| <= 1e-4 and 100 % argmax agreement, or no file;
-4. optionally int8: dynamic quantization (int8 weights, VNNI-friendly u8 x s8), checked for integer ops on
-   the recurrent weights and for test accuracy within 0.3 points of fp32;
-5. atomic writes.
+2. for each requested format, in FORMATS order: build its graph, serialise the final model (opset and IR
+   version pinned, metadata, onnx.checker), and run that format's gates on exactly those bytes through
+   edge_infer.Classifier, so with the session options the runtime really uses:
+   fp32: parity with torch on real MNIST test images (max |logit difference| <= 1e-4 and 100 % argmax
+         agreement) and MNIST test accuracy;
+   int8: dynamic quantization (int8 weights, VNNI-friendly u8 x s8): integer ops on the recurrent weights
+         and test accuracy within 0.3 points of fp32;
+3. write those checked bytes (atomically), only once every format has passed.
+
+A new output format is one function (Source -> Artifact, running its own gates via ship()) and one FORMATS
+entry.
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -21,15 +29,18 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from edge_infer.model_info import INPUT_NAME, ModelInfo
-from export.graph import FORMS, IR_FOR_OPSET, MIN_ORT_FOR_OPSET, OPSETS, build_model
+from edge_infer import Classifier, ModelError
+from edge_infer.model_info import INPUT_NAME, OUTPUT_NAME, ModelInfo, to_rows
+from export.graph import FORMS, IR_FOR_OPSET, MIN_ORT_FOR_OPSET, OPSETS, build_graph
 from train.data import Split
+from train.files import atomic_write
 from train.model import DigitRNN, ModelConfig
-from train.trainer import atomic_write, load_checkpoint
+from train.trainer import load_checkpoint
 
 PARITY_IMAGES = 1000
 PARITY_MAX_ABS_DIFF = 1e-4
 INT8_MAX_ACCURACY_DROP = 0.003  # fraction: 0.3 percentage points
+RUN_BATCH = 1000  # images per session.run in the checks (int8 scales activations per batch, so it matters)
 
 
 class ExportError(RuntimeError):
@@ -50,6 +61,8 @@ class ExportReport:
     parity_images: int
     int8_path: Path | None = None
     int8_accuracy: float | None = None
+    paths: dict[str, Path] = field(default_factory=dict)  # every format written: {format: path}
+    infos: dict[str, ModelInfo] = field(default_factory=dict)  # and the metadata it carries
 
     def summary(self) -> str:
         lines = [f"parity on {self.parity_images} MNIST test images: max |logit diff| {self.max_abs_diff:.2e} "
@@ -93,32 +106,32 @@ def load_trained(checkpoint: Path) -> tuple[dict, DigitRNN, DigitRNN]:
     return state, trained.eval(), time_major.eval()
 
 
-def onnx_logits(model: onnx.ModelProto | bytes, images: np.ndarray, batch: int = 1000) -> np.ndarray:
-    """Logits from onnxruntime for uint8/float images [N, 28, 28] (ink bright)."""
-    import onnxruntime as ort
-
+def runtime_classifier(model: onnx.ModelProto | bytes) -> Classifier:
+    """The runtime's own Classifier over these bytes (one thread: deterministic, and what small batches use)."""
     blob = model if isinstance(model, bytes) else model.SerializeToString()
-    session = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
-    out = []
-    for start in range(0, len(images), batch):
-        chunk = images[start:start + batch].astype(np.float32)
-        if images.dtype == np.uint8:
-            chunk /= 255.0
-        out.append(session.run(None, {INPUT_NAME: np.ascontiguousarray(chunk.transpose(1, 0, 2))})[0])
-    return np.concatenate(out)
+    try:
+        return Classifier(blob, threads=1)
+    except ModelError as error:
+        raise ExportError(f"the runtime refuses the exported model: {error}") from None
 
 
-def check_parity(model: onnx.ModelProto, trained: DigitRNN, time_major: DigitRNN, images: np.ndarray
-                 ) -> tuple[float, float]:
-    """(max |logit diff|, argmax agreement) of ONNX vs torch; both torch layouts must agree too."""
+def onnx_logits(model: onnx.ModelProto | bytes | Classifier, images: np.ndarray, batch: int = RUN_BATCH
+                ) -> np.ndarray:
+    """Logits from the runtime's onnxruntime session for uint8/float images [N, 28, 28] (ink bright)."""
+    session = (model if isinstance(model, Classifier) else runtime_classifier(model)).session
+    return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: to_rows(images[start:start + batch])})[0]
+                           for start in range(0, len(images), batch)])
+
+
+def torch_reference(trained: DigitRNN, time_major: DigitRNN, images: np.ndarray) -> np.ndarray:
+    """The time-major rebuild's logits for uint8 images; it must agree with the model as trained."""
     x = torch.from_numpy(images).float().div_(255.0)
     with torch.no_grad():
         reference = time_major(x.transpose(0, 1).contiguous()).numpy()
         as_trained = trained(x).numpy()
     if np.abs(reference - as_trained).max() > PARITY_MAX_ABS_DIFF:  # guards the rebuild itself
         raise ExportError("the time-major rebuild disagrees with the trained model; refusing to export")
-    ours = onnx_logits(model, images)
-    return float(np.abs(ours - reference).max()), float((ours.argmax(1) == reference.argmax(1)).mean())
+    return reference
 
 
 def integer_recurrent_ops(model: onnx.ModelProto) -> list[str]:
@@ -155,7 +168,7 @@ def _short_name(index: int) -> str:
 
 
 @contextlib.contextmanager
-def _quiet_root_logger():
+def _quiet_root_logger() -> Iterator[None]:
     """The quantizer logs a generic 'consider pre-processing' warning on the root logger; it doesn't apply."""
     root = logging.getLogger()
     level = root.level
@@ -202,8 +215,8 @@ def _shorten_names(model: onnx.ModelProto) -> None:
     del graph.value_info[:]
 
 
-def finish(model: onnx.ModelProto, info: ModelInfo, opset: int) -> onnx.ModelProto:
-    """Pin the opset and IR version, attach metadata, and run onnx.checker."""
+def final_bytes(model: onnx.ModelProto, info: ModelInfo, opset: int) -> bytes:
+    """The file as shipped: opset and IR version pinned, metadata attached, serialised, passed by onnx.checker."""
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
             imp.version = opset
@@ -211,70 +224,145 @@ def finish(model: onnx.ModelProto, info: ModelInfo, opset: int) -> onnx.ModelPro
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, info.to_metadata())
     model.doc_string = "edge-infer digit classifier; see metadata_props"
+    blob = model.SerializeToString()
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(blob, full_check=True)
     except onnx.checker.ValidationError as error:
         raise ExportError(f"onnx.checker rejected the graph: {str(error).splitlines()[0]}") from None
-    return model
+    return blob
 
 
-def save(model: onnx.ModelProto, path: Path) -> None:
+def write_bytes(blob: bytes, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: onnx.save(model, tmp))
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob))
+
+
+# -- the formats ------------------------------------------------------------------------------------
+
+@dataclass
+class Artifact:
+    """One checked model: blob is exactly what gets written, and what the gates ran on."""
+    blob: bytes
+    info: ModelInfo
+
+
+@dataclass
+class Source:
+    """What every format's exporter gets: the checkpoint, its torch reference and the MNIST test set."""
+    state: dict  # the checkpoint
+    config: ModelConfig
+    weights: dict[str, np.ndarray]  # the time-major state_dict as numpy
+    images: np.ndarray  # uint8 [N, 28, 28], the MNIST test images
+    labels: np.ndarray
+    reference: np.ndarray  # torch logits of the first parity_images images
+    opset: int
+    form: str
+    shipped: dict[str, Artifact] = field(default_factory=dict)  # the formats already done, in FORMATS order
+
+    def graph(self, form: str, gemm: bool) -> onnx.ModelProto:
+        return build_graph(self.weights, self.config.cell, self.config.hidden, self.config.layers, form=form,
+                           gemm=gemm, opset=self.opset)
+
+    def accuracy(self, logits: np.ndarray) -> float:
+        return float((logits.argmax(1) == self.labels).mean())
+
+    def ship(self, model: onnx.ModelProto, precision: str, graph_form: str,
+             gate: Callable[[Classifier, bytes], tuple[float, dict]]) -> Artifact:
+        """Serialise model as shipped and run gate(runtime classifier, bytes) -> (MNIST test accuracy,
+        checks) on those bytes; it raises ExportError when a check fails. The measured values go into the
+        metadata, so the gate runs again on the final bytes, which must give exactly the same results."""
+        def info(accuracy: float, checks: dict) -> ModelInfo:
+            return ModelInfo(precision=precision, mnist_test_accuracy=round(accuracy, 6),
+                             model={**self.config.to_dict(), "graph": graph_form}, recipe=self.state["recipe"],
+                             package_version=package_version(), min_onnxruntime=MIN_ORT_FOR_OPSET[self.opset],
+                             opset=self.opset, checks=checks, calibration=self.state.get("calibration", {}))
+
+        draft = final_bytes(model, info(0.0, {}), self.opset)
+        accuracy, checks = gate(runtime_classifier(draft), draft)
+        final = info(accuracy, checks)
+        blob = final_bytes(model, final, self.opset)
+        if gate(runtime_classifier(blob), blob) != (accuracy, checks):
+            raise ExportError(f"the final {precision} model does not reproduce the results in its metadata; "
+                              f"nothing written")
+        return Artifact(blob, final)
+
+
+def export_fp32(src: Source) -> Artifact:
+    """The chosen graph form with Gemm nodes; parity with torch, then accuracy."""
+    def gate(classifier: Classifier, blob: bytes) -> tuple[float, dict]:
+        logits = onnx_logits(classifier, src.images)
+        ours, n = logits[:len(src.reference)], len(src.reference)
+        max_diff = float(np.abs(ours - src.reference).max())
+        agreement = float((ours.argmax(1) == src.reference.argmax(1)).mean())
+        if max_diff > PARITY_MAX_ABS_DIFF or agreement < 1.0:
+            raise ExportError(f"parity check failed on {n} MNIST test images: max |logit diff| {max_diff:.2e} "
+                              f"(limit {PARITY_MAX_ABS_DIFF:.0e}), argmax agreement {agreement:.2%} (need 100%); "
+                              f"nothing written")
+        return src.accuracy(logits), {"parity_images": n, "max_abs_logit_diff": max_diff,
+                                      "argmax_agreement": agreement,
+                                      "checkpoint_test_accuracy": src.state.get("test_acc")}
+
+    return src.ship(src.graph(src.form, gemm=True), "fp32", src.form, gate)
+
+
+def export_int8(src: Source) -> Artifact:
+    """Dynamic quantization of the MatMul+Add per-step form: the only form whose recurrent weights the
+    quantizer reaches. Gates: integer ops on the recurrent weights, accuracy within 0.3 points of fp32."""
+    fp32_accuracy = src.shipped["fp32"].info.mnist_test_accuracy
+
+    def gate(classifier: Classifier, blob: bytes) -> tuple[float, dict]:
+        recurrent = integer_recurrent_ops(onnx.load_from_string(blob))
+        if not recurrent:
+            raise ExportError("int8 graph has no integer ops on the recurrent weights; nothing written")
+        accuracy = src.accuracy(onnx_logits(classifier, src.images))
+        drop = fp32_accuracy - accuracy
+        if drop > INT8_MAX_ACCURACY_DROP:
+            raise ExportError(f"int8 MNIST test accuracy {accuracy:.2%} is {drop * 100:.2f} points below fp32 "
+                              f"{fp32_accuracy:.2%} (limit {INT8_MAX_ACCURACY_DROP * 100:.1f}); nothing written")
+        return accuracy, {"fp32_mnist_test_accuracy": fp32_accuracy, "accuracy_drop": round(drop, 6),
+                          "integer_recurrent_ops": len(recurrent),
+                          "weights": "int8 per-channel, dynamic uint8 activations"}
+
+    return src.ship(quantize_int8(src.graph("per-step", gemm=False)), "int8", "per-step-int8", gate)
+
+
+# Every output format, in the order they are built (a later one may use an earlier one's results).
+FORMATS: dict[str, Callable[[Source], Artifact]] = {"fp32": export_fp32, "int8": export_int8}
 
 
 def export(checkpoint: Path, out: Path, test: Split, int8_out: Path | None = None, opset: int = 17,
-           form: str = "per-step", parity_images: int = PARITY_IMAGES) -> ExportReport:
-    """Export checkpoint to out (and int8_out), running every check first. Raises ExportError."""
+           form: str = "per-step", parity_images: int = PARITY_IMAGES,
+           outputs: dict[str, Path] | None = None) -> ExportReport:
+    """Export checkpoint to out (fp32), int8_out and any further outputs {format: path} (FORMATS keys),
+    running every check first. Raises ExportError; nothing is written unless every format passed."""
     if opset not in OPSETS:
         raise ExportError(f"--opset must be between {OPSETS[0]} and {OPSETS[-1]}, not {opset}")
     if form not in FORMS:
         raise ExportError(f"form must be one of {', '.join(FORMS)}, not {form!r}")
     if parity_images < PARITY_IMAGES:
         raise ExportError(f"parity needs at least {PARITY_IMAGES} test images")
+    wanted = {"fp32": out, **({"int8": int8_out} if int8_out is not None else {}), **(outputs or {})}
+    unknown = set(wanted) - set(FORMATS)
+    if unknown:
+        raise ExportError(f"unknown output format {', '.join(sorted(unknown))}; known: {', '.join(FORMATS)}")
     state, trained, time_major = load_trained(checkpoint)
-    config = trained.config
-    weights = {k: v.detach().numpy() for k, v in time_major.state_dict().items()}
-    images, labels = test.images.numpy(), test.labels.numpy()
+    images = test.images.numpy()
+    src = Source(state=state, config=trained.config,
+                 weights={k: v.detach().numpy() for k, v in time_major.state_dict().items()},
+                 images=images, labels=test.labels.numpy(),
+                 reference=torch_reference(trained, time_major, images[:parity_images]), opset=opset, form=form)
+    for name, build in FORMATS.items():  # fp32, always wanted, comes first
+        if name in wanted:
+            src.shipped[name] = build(src)
 
-    def info(precision: str, accuracy: float, checks: dict, graph_form: str) -> ModelInfo:
-        return ModelInfo(precision=precision, mnist_test_accuracy=round(accuracy, 6),
-                         model={**config.to_dict(), "graph": graph_form}, recipe=state["recipe"],
-                         package_version=package_version(), min_onnxruntime=MIN_ORT_FOR_OPSET[opset], opset=opset,
-                         checks=checks, calibration=state.get("calibration", {}))
-
-    fp32 = build_model(weights, config.cell, config.hidden, config.layers, form=form, gemm=True, opset=opset)
-    max_diff, agreement = check_parity(fp32, trained, time_major, images[:parity_images])
-    if max_diff > PARITY_MAX_ABS_DIFF or agreement < 1.0:
-        raise ExportError(f"parity check failed on {parity_images} MNIST test images: max |logit diff| "
-                          f"{max_diff:.2e} (limit {PARITY_MAX_ABS_DIFF:.0e}), argmax agreement {agreement:.2%} "
-                          f"(need 100%); nothing written")
-    fp32_accuracy = float((onnx_logits(fp32, images).argmax(1) == labels).mean())
-    checks = {"parity_images": parity_images, "max_abs_logit_diff": max_diff, "argmax_agreement": agreement,
-              "checkpoint_test_accuracy": state.get("test_acc")}
-    fp32 = finish(fp32, info("fp32", fp32_accuracy, checks, form), opset)
-    report = ExportReport(out, fp32_accuracy, state.get("test_acc"), max_diff, agreement, parity_images)
-
-    int8 = None
-    if int8_out is not None:
-        # The MatMul+Add form: the only one whose recurrent weights the dynamic quantizer reaches.
-        int8 = quantize_int8(build_model(weights, config.cell, config.hidden, config.layers, form="per-step",
-                                         gemm=False, opset=opset))
-        recurrent = integer_recurrent_ops(int8)
-        if not recurrent:
-            raise ExportError("int8 graph has no integer ops on the recurrent weights; nothing written")
-        int8_accuracy = float((onnx_logits(int8, images).argmax(1) == labels).mean())
-        drop = fp32_accuracy - int8_accuracy
-        if drop > INT8_MAX_ACCURACY_DROP:
-            raise ExportError(f"int8 MNIST test accuracy {int8_accuracy:.2%} is {drop * 100:.2f} points below fp32 "
-                              f"{fp32_accuracy:.2%} (limit {INT8_MAX_ACCURACY_DROP * 100:.1f}); nothing written")
-        int8_checks = {"fp32_mnist_test_accuracy": round(fp32_accuracy, 6), "accuracy_drop": round(drop, 6),
-                       "integer_recurrent_ops": len(recurrent), "weights": "int8 per-channel, dynamic uint8 activations"}
-        int8 = finish(int8, info("int8", int8_accuracy, int8_checks, "per-step-int8"), opset)
-        report.int8_path, report.int8_accuracy = int8_out, int8_accuracy
-
-    # Write only after every check passed.
-    save(fp32, out)
-    if int8 is not None:
-        save(int8, int8_out)
+    # Write only after every check passed: exactly the bytes the checks ran on.
+    for name, path in wanted.items():
+        write_bytes(src.shipped[name].blob, path)
+    fp32 = src.shipped["fp32"].info
+    report = ExportReport(out, fp32.mnist_test_accuracy, state.get("test_acc"), fp32.checks["max_abs_logit_diff"],
+                          fp32.checks["argmax_agreement"], fp32.checks["parity_images"],
+                          paths={name: Path(path) for name, path in wanted.items()},
+                          infos={name: src.shipped[name].info for name in wanted})
+    if "int8" in wanted:
+        report.int8_path, report.int8_accuracy = Path(wanted["int8"]), src.shipped["int8"].info.mnist_test_accuracy
     return report

@@ -19,19 +19,29 @@ and takes the form we choose:
 Gate orders differ: torch GRU is (r, z, n), ONNX GRU (z, r, h); torch LSTM is (i, f, g, o), ONNX LSTM
 (i, o, f, c). Parity with torch is checked by export.export, never assumed.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from edge_infer.model_info import CLASSES, INPUT_NAME, OUTPUT_NAME, PIXELS, STEPS
+
 FORMS = ("per-step", "hoisted", "node")
-INPUT, OUTPUT = "rows", "logits"
-STEPS, PIXELS, CLASSES = 28, 28, 10
 OPSET = 17  # the default; the exporter pins it and the matching IR version
 # Lowest onnxruntime that runs each opset; we never claim less than 1.16.
-MIN_ORT_FOR_OPSET = {13: "1.16", 14: "1.16", 15: "1.16", 16: "1.16", 17: "1.16", 18: "1.16", 19: "1.16",
-                     20: "1.17", 21: "1.18"}
+MIN_ORT_FOR_OPSET = {
+    13: "1.16",
+    14: "1.16",
+    15: "1.16",
+    16: "1.16",
+    17: "1.16",
+    18: "1.16",
+    19: "1.16",
+    20: "1.17",
+    21: "1.18",
+}
 IR_FOR_OPSET = {13: 7, 14: 7, 15: 8, 16: 8, 17: 8, 18: 8, 19: 9, 20: 9, 21: 10}
 OPSETS = tuple(MIN_ORT_FOR_OPSET)
 
@@ -66,8 +76,15 @@ class _Graph:
         return self.op("Add", [y, bias]) if bias else y
 
 
-def build_model(state: dict[str, np.ndarray], cell: str, hidden: int, layers: int, form: str = "per-step",
-                gemm: bool = True, opset: int = OPSET) -> onnx.ModelProto:
+def build_graph(
+    state: dict[str, np.ndarray],
+    cell: str,
+    hidden: int,
+    layers: int,
+    form: str = "per-step",
+    gemm: bool = True,
+    opset: int = OPSET,
+) -> onnx.ModelProto:
     """An ONNX model computing the same logits as train.model.DigitRNN with these weights."""
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, not {form!r}")
@@ -75,34 +92,40 @@ def build_model(state: dict[str, np.ndarray], cell: str, hidden: int, layers: in
     if form in ("hoisted", "per-step"):
         if not gemm:  # MatMul takes W^T as stored; transpose once here, not per step
             state = {k: (v.T.copy() if k.startswith("rnn.weight") or k == "fc.weight" else v) for k, v in state.items()}
-        seq = g.op("Reshape", [INPUT, g.const("shape_rows", np.array([-1, PIXELS], np.int64))])  # [28N, 28]
+        seq = g.op("Reshape", [INPUT_NAME, g.const("shape_rows", np.array([-1, PIXELS], np.int64))])  # [28N, 28]
         last = None
         for layer in range(layers):
-            step = {"rnn": _rnn_step, "gru": _gru_step, "lstm": _lstm_step}[cell]
-            outputs = step(g, seq, state, layer, hidden, gemm)
+            build_layer = {"rnn": _rnn_layer, "gru": _gru_layer, "lstm": _lstm_layer}[cell]
+            outputs = build_layer(g, seq, state, layer, hidden, gemm)
             last = outputs[-1]
             if layer + 1 < layers:
                 seq = g.op("Concat", outputs, axis=0)  # [28N, H]: the next layer's input sequence
         final = last
     else:
-        seq = INPUT
+        seq = INPUT_NAME
         for layer in range(layers):
             y, y_h = _recurrent_node(g, seq, state, cell, layer, hidden)
             seq = g.op("Squeeze", [y, g.const("axis1", np.array([1], np.int64))])  # [28, N, H]
         final = g.op("Squeeze", [y_h, g.const("axis0", np.array([0], np.int64))])  # [N, H]
-    logits = g.linear(final, g.const("Wo", state["fc.weight"]), g.const("bo", state["fc.bias"]), gemm)
-    g.nodes[-1].output[0] = OUTPUT  # the last node (Gemm, or MatMul's Add) produces the logits
+    g.linear(final, g.const("Wo", state["fc.weight"]), g.const("bo", state["fc.bias"]), gemm)
+    g.nodes[-1].output[0] = OUTPUT_NAME  # the last node (Gemm, or MatMul's Add) produces the logits
     graph = helper.make_graph(
-        g.nodes, "digit_rnn",
-        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [STEPS, "N", PIXELS])],
-        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", CLASSES])],
-        list(g.initializers.values()))
+        g.nodes,
+        "digit_rnn",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [STEPS, "N", PIXELS])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", CLASSES])],
+        list(g.initializers.values()),
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="edge-infer")
     return model
 
 
-def _weights(g: _Graph, state: dict[str, np.ndarray], layer: int, gates: int, hidden: int,
-             fold_hh_bias: slice | None) -> tuple[str, str, np.ndarray, np.ndarray]:
+build_model = build_graph  # the old name, for code written before the rename
+
+
+def _weights(
+    g: _Graph, state: dict[str, np.ndarray], layer: int, gates: int, hidden: int, fold_hh_bias: slice | None
+) -> tuple[str, str, np.ndarray, np.ndarray]:
     """Input weight + bias names, and the recurrent weight / bias arrays, for one layer.
     fold_hh_bias: which gate rows of b_hh can be folded into the hoisted input bias (all but GRU's n gate)."""
     w_ih, w_hh = state[f"rnn.weight_ih_l{layer}"], state[f"rnn.weight_hh_l{layer}"]
@@ -121,31 +144,31 @@ def _input_steps(g: _Graph, seq: str, w_ih: str, b_ih: str, gemm: bool) -> list[
     return [g.linear(x_t, w_ih, b_ih, gemm) for x_t in g.op("Split", [seq], n_out=STEPS, axis=0)]
 
 
-def _rnn_step(g: _Graph, seq: str, state, layer: int, hidden: int, gemm: bool) -> list[str]:
+def _rnn_layer(g: _Graph, seq: str, state, layer: int, hidden: int, gemm: bool) -> list[str]:
+    """One whole ReLU RNN layer, unrolled over the 28 steps; returns each step's output h_t."""
     w_ih, b_ih, w_hh, _ = _weights(g, state, layer, 1, hidden, fold_hh_bias=slice(None))
     steps = _input_steps(g, seq, w_ih, b_ih, gemm)
     w_hh = g.const(f"Wh{layer}", w_hh)
     h = g.op("Relu", [steps[0]])  # h0 = 0, so step 0 has no recurrent term
     outputs = [h]
     for x_t in steps[1:]:
-        if gemm:  # Gemm(h, W_hh, x_t): the step's input projection rides in as Gemm's C
-            pre = g.op("Gemm", [h, w_hh, x_t], transB=1)
-        else:
-            pre = g.op("Add", [g.op("MatMul", [h, w_hh]), x_t])
+        # Gemm(h, W_hh, x_t): the step's input projection rides in as Gemm's C
+        pre = g.op("Gemm", [h, w_hh, x_t], transB=1) if gemm else g.op("Add", [g.op("MatMul", [h, w_hh]), x_t])
         h = g.op("Relu", [pre])
         outputs.append(h)
     return outputs
 
 
-def _gru_step(g: _Graph, seq: str, state, layer: int, hidden: int, gemm: bool) -> list[str]:
+def _gru_layer(g: _Graph, seq: str, state, layer: int, hidden: int, gemm: bool) -> list[str]:
+    """One whole GRU layer, unrolled over the 28 steps; returns each step's output h_t."""
     H = hidden
     # b_hn sits inside r * (W_hn h + b_hn), so only the r and z rows of b_hh fold into the input bias.
     w_ih, b_ih, w_hh, b_hh = _weights(g, state, layer, 3, H, fold_hh_bias=slice(0, 2 * H))
     steps = _input_steps(g, seq, w_ih, b_ih, gemm)
     # Gemm keeps torch's [out, in] layout (gate blocks are rows); MatMul's is transposed (blocks are columns).
     w_hrz = g.const(f"Whrz{layer}", w_hh[: 2 * H] if gemm else w_hh[:, : 2 * H])
-    w_hn = g.const(f"Whn{layer}", w_hh[2 * H:] if gemm else w_hh[:, 2 * H:])
-    b_hn = g.const(f"bhn{layer}", b_hh[2 * H:])
+    w_hn = g.const(f"Whn{layer}", w_hh[2 * H :] if gemm else w_hh[:, 2 * H :])
+    b_hn = g.const(f"bhn{layer}", b_hh[2 * H :])
     h = None
     outputs = []
     for x_t in steps:
@@ -159,12 +182,16 @@ def _gru_step(g: _Graph, seq: str, state, layer: int, hidden: int, gemm: bool) -
         r, z = g.op("Split", [rz], n_out=2, axis=1)
         n = g.op("Tanh", [g.op("Add", [x_n, g.op("Mul", [r, h_n])])])
         # h' = (1 - z) * n + z * h  =  n + z * (h - n)
-        h = g.op("Sub", [n, g.op("Mul", [z, n])]) if h is None else g.op("Add", [n, g.op("Mul", [z, g.op("Sub", [h, n])])])
+        if h is None:  # h0 = 0
+            h = g.op("Sub", [n, g.op("Mul", [z, n])])
+        else:
+            h = g.op("Add", [n, g.op("Mul", [z, g.op("Sub", [h, n])])])
         outputs.append(h)
     return outputs
 
 
-def _lstm_step(g: _Graph, seq: str, state, layer: int, hidden: int, gemm: bool) -> list[str]:
+def _lstm_layer(g: _Graph, seq: str, state, layer: int, hidden: int, gemm: bool) -> list[str]:
+    """One whole LSTM layer, unrolled over the 28 steps; returns each step's output h_t."""
     w_ih, b_ih, w_hh, _ = _weights(g, state, layer, 4, hidden, fold_hh_bias=slice(None))
     steps = _input_steps(g, seq, w_ih, b_ih, gemm)
     w_hh = g.const(f"Wh{layer}", w_hh)
@@ -189,10 +216,14 @@ def _recurrent_node(g: _Graph, seq: str, state, cell: str, layer: int, hidden: i
     order = {"rnn": [0], "gru": [1, 0, 2], "lstm": [0, 3, 1, 2]}[cell]
 
     def reorder(a: np.ndarray) -> np.ndarray:
-        return np.concatenate([a[k * H:(k + 1) * H] for k in order])[None]
+        return np.concatenate([a[k * H : (k + 1) * H] for k in order])[None]
 
-    inputs = [seq, g.const(f"W{layer}", reorder(w_ih)), g.const(f"R{layer}", reorder(w_hh)),
-              g.const(f"B{layer}", np.concatenate([reorder(b_ih), reorder(b_hh)], axis=1))]
+    inputs = [
+        seq,
+        g.const(f"W{layer}", reorder(w_ih)),
+        g.const(f"R{layer}", reorder(w_hh)),
+        g.const(f"B{layer}", np.concatenate([reorder(b_ih), reorder(b_hh)], axis=1)),
+    ]
     attrs: dict = {"hidden_size": H}
     if cell == "rnn":
         attrs["activations"] = ["Relu"]

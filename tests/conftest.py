@@ -1,11 +1,24 @@
-"""Shared fixtures: real MNIST from ../shared/data, and small models trained once per test session."""
+"""Shared fixtures: real MNIST from ../shared/data, one reference training run, and small models trained
+once per test session.
+
+`pytest -m "not slow"` is the inner loop: it leaves out the tests marked slow (those that train, export or
+run the CLI over thousands of images).
+"""
+
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
-import numpy as np
-import pytest
+# One torch / OpenMP thread per process, set before anything imports torch (subprocesses inherit it): the
+# tests' models are tiny, and a thread pool per process oversubscribes a machine that runs other jobs.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # Real MNIST (torchvision layout: DATA_ROOT/MNIST/raw/*-ubyte), beside the project as in CI.
@@ -45,12 +58,55 @@ def mnist(data_root):
     torch = pytest.importorskip("torch")
     from train.data import load_mnist
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(1)
     return load_mnist(data_root, download=False)
 
 
-def train_small(run_dir: Path, mnist, cell: str = "rnn", hidden: int = 32, layers: int = 1, images: int = 3000,
-                epochs: int = 1, seed: int = 0):
+# Training runs shared by the whole session, made by edge-train in-process as a user runs it (default
+# recipe, real MNIST subsets). Read them, don't write to them (copy what a test changes).
+# The reference run: hidden 128 is the seed's width, so the export tests measure int8 on a real model.
+REFERENCE_ARGS = ("--limit-train", "12000", "--epochs", "3", "--hidden", "128", "--seed", "7")
+# A tiny run for the tests that repeat a run to compare histories (same seed, Ctrl-C and resume): a
+# repeat of it costs a second, where one of the reference run costs ten.
+SMALL_RUN_ARGS = ("--limit-train", "3000", "--epochs", "5", "--hidden", "16", "--seed", "7")
+
+
+def edge_train_run(args: tuple[str, ...], out: Path, data_root: Path) -> Path:
+    from click.testing import CliRunner
+
+    from train.cli import main as edge_train
+
+    result = CliRunner().invoke(
+        edge_train,
+        [*args, "--data-dir", str(data_root), "--no-download", "--out", str(out), "--quiet"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, data_root, mnist) -> Path:
+    """The run directory of `edge-train REFERENCE_ARGS`."""
+    return edge_train_run(REFERENCE_ARGS, tmp_path_factory.mktemp("reference") / "run", data_root)
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory, data_root, mnist) -> Path:
+    """The run directory of `edge-train SMALL_RUN_ARGS`."""
+    return edge_train_run(SMALL_RUN_ARGS, tmp_path_factory.mktemp("small") / "run", data_root)
+
+
+def train_small(
+    run_dir: Path,
+    mnist,
+    cell: str = "rnn",
+    hidden: int = 32,
+    layers: int = 1,
+    images: int = 3000,
+    epochs: int = 1,
+    seed: int = 0,
+):
     """A small model trained in-process with the default recipe on the first `images` training images."""
     from dataclasses import replace
 
@@ -67,11 +123,24 @@ def train_small(run_dir: Path, mnist, cell: str = "rnn", hidden: int = 32, layer
 
 
 @pytest.fixture(scope="session")
-def small_checkpoints(tmp_path_factory, mnist) -> dict[str, Path]:
-    """One small trained checkpoint per cell (rnn has the seed's width so int8 is measured on a real model)."""
-    out = {}
-    for cell, hidden, images, epochs in (("rnn", 128, 12000, 2), ("gru", 24, 2000, 1), ("lstm", 24, 2000, 1)):
+def small_checkpoints(tmp_path_factory, mnist, reference_run) -> dict[str, Path]:
+    """One trained checkpoint per cell: rnn is the reference run's; gru and lstm are small ones."""
+    out = {"rnn": reference_run / "checkpoint.pt"}
+    for cell, hidden, images, epochs in (("gru", 24, 2000, 1), ("lstm", 24, 2000, 1)):
         run = tmp_path_factory.mktemp(f"ckpt-{cell}")
         train_small(run, mnist, cell=cell, hidden=hidden, images=images, epochs=epochs)
         out[cell] = run / "checkpoint.pt"
     return out
+
+
+@pytest.fixture(scope="session")
+def bomb_png(tmp_path_factory) -> Path:
+    """A decompression bomb: a 20000x20000 1-bit PNG, a few kB on disk, 400 megapixels when decoded."""
+    path = tmp_path_factory.mktemp("bomb") / "bomb.png"
+    Image.new("1", (20000, 20000)).save(path)
+    return path
+
+
+def copy_file(source: Path, folder: Path, name: str | None = None) -> Path:
+    """source copied into folder (as name): for tests that must not touch a shared fixture's file."""
+    return Path(shutil.copy(source, folder / (name or source.name)))

@@ -1,4 +1,8 @@
-"""export/: time-major graphs, parity with torch on real MNIST, int8, metadata and bad checkpoints."""
+"""export/: time-major graphs, parity with torch on real MNIST, int8, metadata and bad checkpoints.
+
+The exported models are read back from the files the exporter wrote, and run through the runtime's input
+helper (edge_infer.model_info.to_rows) and names, so the tests see exactly what a user's runtime sees."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,9 +14,9 @@ import onnxruntime as ort  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 import export.export as exporter  # noqa: E402
-from edge_infer.model_info import ModelInfo  # noqa: E402
+from edge_infer.model_info import INPUT_NAME, OUTPUT_NAME, ModelInfo, to_rows  # noqa: E402
 from export.cli import main as edge_export  # noqa: E402
-from export.graph import FORMS, build_model  # noqa: E402
+from export.graph import FORMS, build_graph  # noqa: E402
 from train.model import CELLS, DigitRNN, ModelConfig  # noqa: E402
 from train.trainer import load_checkpoint  # noqa: E402
 
@@ -41,10 +45,10 @@ def session(model: onnx.ModelProto) -> ort.InferenceSession:
 
 
 def run_rows(sess: ort.InferenceSession, images_uint8: np.ndarray) -> np.ndarray:
-    rows = (images_uint8.astype(np.float32) / 255).transpose(1, 0, 2)  # [28, N, 28]
-    return sess.run(["logits"], {"rows": np.ascontiguousarray(rows)})[0]
+    return sess.run([OUTPUT_NAME], {INPUT_NAME: to_rows(images_uint8)})[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", CELLS)
 def test_parity_with_torch_on_real_mnist(cell, exported, small_checkpoints, mnist):
     report, fp32, _ = exported[cell]
@@ -55,6 +59,7 @@ def test_parity_with_torch_on_real_mnist(cell, exported, small_checkpoints, mnis
     assert report.max_abs_diff <= 1e-4 and report.agreement == 1.0 and report.parity_images >= 1000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("batch", [1, 7, 1000])
 def test_dynamic_batch(cell, batch, exported, mnist):
@@ -66,7 +71,8 @@ def test_dynamic_batch(cell, batch, exported, mnist):
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_both_graph_forms_match_torch_for_deep_models(cell, mnist):
-    """Any hidden size and layer count: a random 2-layer model, MatMul form and ONNX RNN/GRU/LSTM node."""
+    """Any hidden size and layer count: a random 2-layer model in every graph form (per-step, hoisted, ONNX
+    RNN/GRU/LSTM node), and the per-step form as MatMul+Add (the one int8 quantizes)."""
     torch.manual_seed(1)
     model = DigitRNN(ModelConfig(cell, 20, 2), batch_first=False).eval()
     weights = {k: v.numpy() for k, v in model.state_dict().items()}
@@ -74,13 +80,14 @@ def test_both_graph_forms_match_torch_for_deep_models(cell, mnist):
     with torch.no_grad():
         expected = model(torch.from_numpy(images).float().div(255).transpose(0, 1)).numpy()
     for form, gemm in [(form, True) for form in FORMS] + [("per-step", False)]:  # gemm=False: what int8 quantizes
-        got = run_rows(session(build_model(weights, cell, 20, 2, form=form, gemm=gemm)), images)
+        got = run_rows(session(build_graph(weights, cell, 20, 2, form=form, gemm=gemm)), images)
         assert np.abs(got - expected).max() <= 1e-5, (form, gemm)
 
 
+@pytest.mark.slow
 def test_graph_is_time_major(exported):
-    """The input feeds the recurrence as [time, batch, pixels]: no Transpose anywhere, and the hoisted
-    projection is split into 28 per-step tensors along axis 0 (time)."""
+    """The input feeds the recurrence as [time, batch, pixels]: no Transpose anywhere; the default per-step
+    form splits the input into 28 per-step rows along axis 0 (time), and the ONNX RNN node reads it as is."""
     _, fp32, _ = exported["rnn"]
     graph = fp32.graph
     dims = graph.input[0].type.tensor_type.shape.dim
@@ -89,15 +96,16 @@ def test_graph_is_time_major(exported):
     splits = [n for n in graph.node if n.op_type == "Split"]
     assert len(splits) == 1 and len(splits[0].output) == 28
     assert next(a.i for a in splits[0].attribute if a.name == "axis") == 0
-    node_form = build_model(_seed_weights(), "rnn", 128, 1, form="node")
+    node_form = build_graph(_seed_weights(), "rnn", 128, 1, form="node")
     rnn = next(n for n in node_form.graph.node if n.op_type == "RNN")
-    assert rnn.input[0] == "rows" and all(a.name != "layout" or a.i == 0 for a in rnn.attribute)
+    assert rnn.input[0] == INPUT_NAME and all(a.name != "layout" or a.i == 0 for a in rnn.attribute)
 
 
 def _seed_weights() -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in DigitRNN(ModelConfig(), batch_first=False).state_dict().items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", CELLS)
 def test_int8_has_integer_recurrent_ops(cell, exported):
     _, _, int8 = exported[cell]
@@ -112,6 +120,7 @@ def test_int8_has_integer_recurrent_ops(cell, exported):
     assert not {"Wi0", "Wh0", "Wo"} & float_names
 
 
+@pytest.mark.slow
 def test_int8_accuracy_and_size(exported, tmp_path, mnist):
     report, fp32, int8 = exported["rnn"]  # hidden 128, the seed's size
     test = mnist[1]
@@ -127,6 +136,7 @@ def test_int8_accuracy_and_size(exported, tmp_path, mnist):
     assert report.int8_path.stat().st_size <= 0.40 * report.fp32_path.stat().st_size
 
 
+@pytest.mark.slow
 def test_metadata_round_trip(exported):
     report, fp32, int8 = exported["rnn"]
     for path, precision in ((report.fp32_path, "fp32"), (report.int8_path, "int8")):
@@ -146,10 +156,21 @@ def test_metadata_round_trip(exported):
     onnx.checker.check_model(int8, full_check=True)
 
 
+@pytest.mark.slow
 def test_cli_writes_both_models_and_prints_summary(small_checkpoints, data_root, tmp_path):
-    result = CliRunner().invoke(edge_export, [str(small_checkpoints["gru"]), "--out", str(tmp_path / "a.onnx"),
-                                              "--int8", str(tmp_path / "a8.onnx"), "--data-dir", str(data_root),
-                                              "--no-download"])
+    result = CliRunner().invoke(
+        edge_export,
+        [
+            str(small_checkpoints["gru"]),
+            "--out",
+            str(tmp_path / "a.onnx"),
+            "--int8",
+            str(tmp_path / "a8.onnx"),
+            "--data-dir",
+            str(data_root),
+            "--no-download",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "parity on 1000 MNIST test images" in result.output and "int8:" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "a8.onnx"]  # no temp files left
@@ -162,8 +183,9 @@ def test_bad_checkpoint_is_one_line_exit_2(content, tmp_path, data_root):
         torch.save({"state_dict": {"w": torch.zeros(3)}}, path)  # someone else's checkpoint
     else:
         path.write_bytes(content)
-    result = CliRunner().invoke(edge_export, [str(path), "--out", str(tmp_path / "m.onnx"), "--data-dir",
-                                              str(data_root), "--no-download"])
+    result = CliRunner().invoke(
+        edge_export, [str(path), "--out", str(tmp_path / "m.onnx"), "--data-dir", str(data_root), "--no-download"]
+    )
     assert result.exit_code == 2
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
     assert not (tmp_path / "m.onnx").exists()
@@ -174,25 +196,46 @@ def test_missing_checkpoint(tmp_path):
     assert result.exit_code == 2 and "no checkpoint" in result.output
 
 
+@pytest.mark.slow
 def test_parity_check_fails_on_tampered_model(small_checkpoints, mnist, tmp_path, monkeypatch):
-    real_build = exporter.build_model
+    real_build = exporter.build_graph
 
     def tampered(weights, *args, **kwargs):
         weights = dict(weights)
         weights["fc.bias"] = weights["fc.bias"] + np.float32(1e-3)  # a tiny change the check must catch
         return real_build(weights, *args, **kwargs)
 
-    monkeypatch.setattr(exporter, "build_model", tampered)
+    monkeypatch.setattr(exporter, "build_graph", tampered)
     with pytest.raises(exporter.ExportError, match="parity check failed"):
         exporter.export(small_checkpoints["rnn"], tmp_path / "m.onnx", mnist[1])
     assert not (tmp_path / "m.onnx").exists()
 
 
+@pytest.mark.slow
+def test_shipped_bytes_are_the_checked_bytes(small_checkpoints, mnist, tmp_path, monkeypatch):
+    """Every gate runs through edge_infer.Classifier, and the files written are bytes it checked."""
+    checked = []
+    real_classifier = exporter.runtime_classifier
+
+    def recording(blob):
+        checked.append(blob)
+        return real_classifier(blob)
+
+    monkeypatch.setattr(exporter, "runtime_classifier", recording)
+    report = exporter.export(small_checkpoints["lstm"], tmp_path / "m.onnx", mnist[1], int8_out=tmp_path / "m8.onnx")
+    for path in (report.fp32_path, report.int8_path):
+        assert path.read_bytes() in checked
+    assert report.infos["int8"].precision == "int8" and set(report.paths) == {"fp32", "int8"}
+
+
+@pytest.mark.slow
 def test_bad_output_paths_and_opset(small_checkpoints, data_root, tmp_path):
     common = ["--data-dir", str(data_root), "--no-download"]
     folder = tmp_path / "a-dir"
     folder.mkdir()
-    for args in ([str(small_checkpoints["rnn"]), "--out", str(folder)],
-                 [str(small_checkpoints["rnn"]), "--out", str(tmp_path / "m.onnx"), "--opset", "9"]):
+    for args in (
+        [str(small_checkpoints["rnn"]), "--out", str(folder)],
+        [str(small_checkpoints["rnn"]), "--out", str(tmp_path / "m.onnx"), "--opset", "9"],
+    ):
         result = CliRunner().invoke(edge_export, args + common)
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output

@@ -277,8 +277,17 @@ def test_to_grey_flattens_alpha_against_the_opaque_colour():
 
 @pytest.mark.parametrize(
     "fmt, mode, kw",
-    [("JPEG", "L", {"quality": 75}), ("JPEG", "RGB", {"quality": 90}), ("JPEG", "CMYK", {}), ("PNG", "P", {}),
-     ("PNG", "1", {}), ("BMP", "RGB", {}), ("TIFF", "L", {}), ("WEBP", "RGB", {"quality": 90}), ("GIF", "P", {})],
+    [
+        ("JPEG", "L", {"quality": 75}),
+        ("JPEG", "RGB", {"quality": 90}),
+        ("JPEG", "CMYK", {}),
+        ("PNG", "P", {}),
+        ("PNG", "1", {}),
+        ("BMP", "RGB", {}),
+        ("TIFF", "L", {}),
+        ("WEBP", "RGB", {"quality": 90}),
+        ("GIF", "P", {}),
+    ],
 )
 def test_file_formats_and_modes(tmp_path, fmt, mode, kw):
     img = digit("8").convert(mode)
@@ -312,8 +321,10 @@ def test_animated_gif_uses_first_frame(tmp_path):
     assert match(y, reference("1")) > 0.98 and match(y, reference("0")) < 0.6
 
 
-@pytest.mark.parametrize("orientation, stored_as", [(6, Image.Transpose.ROTATE_90), (8, Image.Transpose.ROTATE_270),
-                                                    (3, Image.Transpose.ROTATE_180)])
+@pytest.mark.parametrize(
+    "orientation, stored_as",
+    [(6, Image.Transpose.ROTATE_90), (8, Image.Transpose.ROTATE_270), (3, Image.Transpose.ROTATE_180)],
+)
 def test_exif_orientation_is_applied(tmp_path, orientation, stored_as):
     upright = digit("7", size=(300, 400)).convert("RGB")
     exif = Image.Exif()
@@ -344,13 +355,13 @@ def test_large_array_and_pil_inputs_are_downscaled():
 @pytest.mark.parametrize(
     "array",
     [
-        np.asarray(digit("3")) > 128,                                   # bool
-        np.asarray(digit("3"), dtype=np.float64) / 255,                  # float in [0, 1]
-        np.asarray(digit("3").convert("RGB")),                           # HxWx3
-        np.asarray(digit("3").convert("RGBA")),                          # HxWx4
-        np.asarray(digit("3"))[:, :, None],                              # HxWx1
-        np.asarray(digit("3").convert("RGB"), dtype=np.float32) / 255,   # float colour
-        np.asarray(digit("3")).astype(np.int64),                         # plain ints
+        np.asarray(digit("3")) > 128,  # bool
+        np.asarray(digit("3"), dtype=np.float64) / 255,  # float in [0, 1]
+        np.asarray(digit("3").convert("RGB")),  # HxWx3
+        np.asarray(digit("3").convert("RGBA")),  # HxWx4
+        np.asarray(digit("3"))[:, :, None],  # HxWx1
+        np.asarray(digit("3").convert("RGB"), dtype=np.float32) / 255,  # float colour
+        np.asarray(digit("3")).astype(np.int64),  # plain ints
     ],
     ids=["bool", "float", "rgb", "rgba", "hw1", "float-rgb", "int64"],
 )
@@ -418,12 +429,11 @@ def test_zero_pixel_images():
     assert_one_line_error(Image.new("L", (0, 0)), "no pixels")
 
 
-def test_decompression_bomb(tmp_path):
+def test_decompression_bomb(bomb_png):
     limit = Image.MAX_IMAGE_PIXELS
-    Image.new("1", (20000, 20000)).save(tmp_path / "bomb.png")  # 400 Mpx, a few kB on disk
-    assert (tmp_path / "bomb.png").stat().st_size < 200_000
-    assert_one_line_error(tmp_path / "bomb.png", "too large")
-    assert Image.MAX_IMAGE_PIXELS == limit  # PIL's global limit is left alone
+    assert bomb_png.stat().st_size < 200_000  # 400 Mpx, a few kB on disk
+    assert_one_line_error(bomb_png, "too large")
+    assert limit == Image.MAX_IMAGE_PIXELS  # PIL's global limit is left alone
 
 
 def test_too_many_pixels_below_pils_own_limit(tmp_path):
@@ -434,9 +444,14 @@ def test_too_many_pixels_below_pils_own_limit(tmp_path):
 
 @pytest.mark.parametrize(
     "array, match",
-    [(np.zeros((5, 5, 2), np.uint8), "shape"), (np.zeros((2, 5, 5, 3), np.uint8), "shape"),
-     (np.zeros(7, np.uint8), "shape"), (np.zeros((5, 5), np.complex64), "dtype"), (np.full((5, 5), np.nan), "NaN"),
-     (np.full((5, 5), -3), "0..65535")],
+    [
+        (np.zeros((5, 5, 2), np.uint8), "shape"),
+        (np.zeros((2, 5, 5, 3), np.uint8), "shape"),
+        (np.zeros(7, np.uint8), "shape"),
+        (np.zeros((5, 5), np.complex64), "dtype"),
+        (np.full((5, 5), np.nan), "NaN"),
+        (np.full((5, 5), -3), "0..65535"),
+    ],
 )
 def test_bad_arrays(array, match):
     assert_one_line_error(array, match)

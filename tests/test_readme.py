@@ -1,4 +1,5 @@
 """The README's two set-up commands are what CI runs, word for word."""
+
 from __future__ import annotations
 
 from .conftest import ROOT
@@ -7,7 +8,7 @@ from .conftest import ROOT
 def test_ci_runs_the_readme_commands():
     readme = (ROOT / "README.md").read_text().splitlines()
     start = readme.index("```bash")
-    commands = readme[start + 1:start + 3]
+    commands = readme[start + 1 : start + 3]
     assert readme[start + 3] == "```" and all(c.startswith("python3 -m venv") for c in commands)
     assert "pip install . " in commands[0] and "edge-infer examples/*.png" in commands[0]  # runtime, no extras
     assert "[train,dev]" in commands[1] and commands[1].endswith("pytest")

@@ -1,5 +1,6 @@
 """MNIST held in memory as whole tensors: batching by indexing is ~10x faster on a CPU than a per-sample
 DataLoader, and the whole set is only 47 MB as uint8."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def head(self, n: int) -> "Split":
+    def head(self, n: int) -> Split:
         """The first n examples (a view, no copy)."""
         return Split(self.images[:n], self.labels[:n])
 
@@ -48,9 +49,13 @@ def load_mnist(data_dir: str | Path, download: bool = True) -> tuple[Split, Spli
     except (RuntimeError, OSError) as error:  # torchvision: RuntimeError; network failures: URLError/OSError
         files = ", ".join(RAW_FILES)
         if not download:
-            raise DataError(f"MNIST not found: expected {files} in {raw}; point --data-dir at the folder "
-                            f"holding MNIST/raw/, or drop --no-download to fetch it") from None
+            raise DataError(
+                f"MNIST not found: expected {files} in {raw}; point --data-dir at the folder "
+                f"holding MNIST/raw/, or drop --no-download to fetch it"
+            ) from None
         reason = " ".join(str(error).split())[:200]
-        raise DataError(f"could not download MNIST into {raw} ({reason}); copy {files} there by hand "
-                        f"(e.g. from another machine), then rerun with --no-download") from None
+        raise DataError(
+            f"could not download MNIST into {raw} ({reason}); copy {files} there by hand "
+            f"(e.g. from another machine), then rerun with --no-download"
+        ) from None
     return Split(train.data, train.targets), Split(test.data, test.targets)

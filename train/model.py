@@ -1,5 +1,6 @@
 """The digit classifier: a recurrent layer reads the 28 image rows as 28 time steps, then a Linear layer
 classifies the last step's output. This is the one definition of the model; export/ rebuilds it time-major."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -7,10 +8,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from edge_infer.model_info import CLASSES, PIXELS  # the shapes both sides share
+
 CELLS = ("rnn", "gru", "lstm")
-ROWS = 28  # time steps: one per image row
-PIXELS = 28  # features per step: the pixels of one row
-CLASSES = 10
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,8 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -24,6 +22,7 @@ import torch.nn.functional as F
 
 from train.calibrate import fit_temperature
 from train.data import Split
+from train.files import atomic_write
 from train.model import DigitRNN, ModelConfig
 
 CHECKPOINT_FORMAT = "edge-infer-checkpoint/1"
@@ -171,25 +170,6 @@ def evaluate(model: DigitRNN, split: Split, device: torch.device) -> tuple[float
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         correct += (logits.argmax(1) == labels).sum().item()
     return loss_sum / len(split), correct / len(split)
-
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """write(tmp_path), then rename over path: a crash or Ctrl-C never leaves a half-written file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make the result private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 class _StopFlag:
