@@ -40,12 +40,15 @@ SPECK_SIZE = 0.2       # ... and so are those whose longest side is below this f
 MERGE_OVERLAP = 0.5    # components sharing this fraction of the narrower one's columns are one digit
 SPLIT_ASPECT = 0.75    # blobs wider than this x their height may hold several digits
 MIN_PART = 0.12        # a piece between two cuts is at least this x the blob height wide (a narrow 1)
-MAX_CUTS = 7           # candidate cuts per blob
+MAX_CUTS = 7           # candidate cuts per blob, at most...
+CUTS_PER_HEIGHT = 3.0  # ... this many per blob height of its width
+CUT_DEPTH = 0.7        # a cut is tried only where the column projection is below this x its maximum
+PATH_ROWS = 40         # cut paths are searched at a resolution of at most this many rows per blob
 MAX_SPAN = 4           # a candidate digit spans at most this many pieces
-WIDE_ASPECT = 1.1      # a candidate digit wider than this x its height is likely two digits...
+WIDE_ASPECT = 1.0      # a candidate digit wider than this x its height is likely two digits...
 WIDE_COST = 4.0        # ... and costs this much log-score per unit of aspect beyond it
-CUT_COST = 0.6         # log-score cost of a cut per stroke width of ink it crosses
-SPLIT_COST = 0.3       # and of any cut at all (a confident single digit stays whole)
+CUT_COST = 1.5         # log-score cost of a cut per stroke width of ink it crosses
+SPLIT_COST = 0.0       # and of any cut at all (a confident single digit stays whole)
 
 
 @dataclass(frozen=True)
@@ -176,7 +179,10 @@ def _scale_to_source(image: ImageInput, img: Image.Image) -> tuple[float, float]
             else:
                 source = Image.open(os.fspath(image))  # the header only: load_image has decoded it already
             size = source.size
-            if source.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientations that swap the axes
+            # EXIF orientations 5-8 swap the axes (PNG, GIF and BMP: only read when in the header, since
+            # Pillow's getexif would decode the whole image to look further)
+            if (source.format not in ("PNG", "GIF", "BMP") or "exif" in source.info) \
+                    and source.getexif().get(0x0112) in (5, 6, 7, 8):
                 size = size[::-1]
     except (OSError, ValueError, SyntaxError):
         return 1.0, 1.0
@@ -336,18 +342,19 @@ def _cuts(ink: np.ndarray, own: np.ndarray, height: int, left: int, right: int
     candidates = np.flatnonzero(is_min) + lo
     # the lowest minima first, at least `margin` apart
     chosen: list[int] = []
+    most = min(MAX_CUTS, max(1, int(CUTS_PER_HEIGHT * (right - left) / height)))
     for c in sorted(candidates.tolist(), key=lambda c: (smooth[c], c)):
+        if smooth[c] > CUT_DEPTH * smooth.max() or len(chosen) == most:
+            break
         if all(abs(c - d) >= margin for d in chosen):
             chosen.append(c)
-        if len(chosen) == MAX_CUTS:
-            break
     chosen.sort()
     stroke = max(1.0, float(own.sum()) / max(1.0, float(_edges(own)) / 2))  # area / half the perimeter
     radius = max(1, int(round(0.15 * height)))
+    windows = [(max(c - radius, lo), min(c + radius + 1, hi)) for c in chosen]
     paths: list[np.ndarray] = []
     costs: list[float] = []
-    for c in chosen:
-        path, crossed = _thinnest_path(ink, max(c - radius, lo), min(c + radius + 1, hi))
+    for path, crossed in zip(*_thinnest_paths(ink, windows)):
         if paths:
             path = np.maximum(path, paths[-1])  # cuts must not cross
         paths.append(path)
@@ -360,31 +367,48 @@ def _edges(m: np.ndarray) -> int:
                + m[:, 0].sum() + m[:, -1].sum())
 
 
-def _thinnest_path(ink: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, float]:
-    """The top-to-bottom path within columns [lo, hi) that crosses the least ink (moving at most one
-    column per row; a small cost per column step keeps it straight where the ink doesn't matter);
-    returns its column in each row and the ink (in pixels of full ink) it crosses."""
-    h, w = ink.shape
-    lo, hi = max(lo, 0), min(hi, w)
-    cost = ink[:, lo:hi].astype(np.float64)
-    n = hi - lo
-    total = cost[0].copy()
-    back = np.zeros((h, n), np.int64)
-    steps = np.arange(n)
-    for y in range(1, h):
-        left = np.r_[np.inf, total[:-1]] + 0.01
-        right = np.r_[total[1:], np.inf] + 0.01
-        stacked = np.stack([left, total, right])
-        move = stacked.argmin(0)
-        total = stacked[move, steps] + cost[y]
-        back[y] = steps + move - 1
-    x = int(total.argmin())
-    crossed = float(cost[h - 1, x])
-    path = np.empty(h, np.int64)
-    path[h - 1] = x
-    for y in range(h - 1, 0, -1):
-        x = int(back[y, x])
-        path[y - 1] = x
-        crossed += float(cost[y - 1, x])
-    return path + lo, crossed
+def _thinnest_paths(ink: np.ndarray, windows: list[tuple[int, int]]) -> tuple[list[np.ndarray], list[float]]:
+    """Per window of columns [lo, hi): the top-to-bottom path inside it that crosses the least ink (moving
+    at most one column per row; a small cost per step keeps it straight where no ink is in the way), as
+    its column in each row, and the ink it crosses (in pixels of full ink).
 
+    All windows are solved together, on a copy of the ink averaged over f x f blocks so that the row loop
+    runs at most PATH_ROWS times (f = 1 for small blobs)."""
+    if not windows:
+        return [], []
+    h, w = ink.shape
+    f = max(1, -(-h // PATH_ROWS))
+    padded = np.pad(ink, ((0, -h % f), (0, -w % f)))
+    pooled = padded.reshape(padded.shape[0] // f, f, padded.shape[1] // f, f).mean(axis=(1, 3))
+    rows, width = pooled.shape
+    los = np.array([lo // f for lo, _ in windows])
+    his = np.array([max(-(-hi // f), lo // f + 1) for lo, hi in windows])
+    n = int((his - los).max())
+    cols = los[:, None] + np.arange(n)[None, :]  # [K, n]
+    valid = cols < his[:, None]
+    cost = np.where(valid[None], pooled[:, np.minimum(cols, width - 1)], np.inf)  # [rows, K, n]
+    total = cost[0].copy()
+    back = np.zeros(cost.shape, np.int8)
+    for y in range(1, rows):
+        best, move = total.copy(), np.zeros(total.shape, np.int8)
+        from_left = total[:, :-1] + 0.01
+        better = from_left < best[:, 1:]
+        best[:, 1:][better], move[:, 1:][better] = from_left[better], -1
+        from_right = total[:, 1:] + 0.01
+        better = from_right < best[:, :-1]
+        best[:, :-1][better], move[:, :-1][better] = from_right[better], 1
+        total = best + cost[y]
+        back[y] = move
+    k = np.arange(len(windows))
+    x = total.argmin(1)
+    low = np.empty((len(windows), rows), np.int64)
+    crossed = np.zeros(len(windows))
+    for y in range(rows - 1, -1, -1):
+        low[:, y] = x
+        crossed += cost[y, k, x]
+        x = x + back[y, k, x]
+    paths = []
+    for i, (lo, hi) in enumerate(windows):
+        full = np.repeat((cols[i, low[i]]) * f + f // 2, f)[:h]
+        paths.append(np.clip(full, lo, hi - 1))
+    return paths, (crossed * f).tolist()
