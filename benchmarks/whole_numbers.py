@@ -24,8 +24,8 @@ from benchlib import ROOT, add_common_args, machine_header, median, section, tab
 from edge_infer import Classifier
 
 sys.path.insert(0, str(ROOT))
-from tests.conftest import read_idx  # noqa: E402
-from tests.number_strings import BACKGROUNDS, digits_matched, font_number, font_paths, mnist_number  # noqa: E402
+from tests.conftest import read_idx
+from tests.number_strings import BACKGROUNDS, digits_matched, font_number, font_paths, mnist_number
 
 CONDITIONS = (("apart", "apart", 1.0), ("a fifth touching", "touching", 0.2),
               ("a fifth overlapping", "overlapping", 0.2))
