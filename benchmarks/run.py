@@ -5,7 +5,7 @@
 
 Sections: 1 inference (torch vs onnxruntime fp32/int8), 2 CLI cold start, 3 bulk, 4 training (only with
 --training: it runs three edge-train recipes, ~10 minutes, unless OUT already holds their histories),
-5 model sizes. See benchmarks/README.md.
+5 model sizes, 6 whole numbers. See benchmarks/README.md.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import cold_start
 import inference
 import sizes
 import training
+import whole_numbers
 from edge_infer.classifier import bundled_model_path
 
 
@@ -56,6 +57,8 @@ def main() -> None:
     sections.append(sizes.run({f"exported from `{models.checkpoint}` (section 1)": (models.fp32, models.int8),
                                "bundled (edge_infer/models/)": (bundled_model_path(False), bundled_model_path(True))},
                               models.checkpoint))
+    progress("6. whole numbers")
+    sections.append(whole_numbers.run(args.data_dir, args.quick))
     progress("done")
 
     command = shlex.join(["python", "benchmarks/run.py", *sys.argv[1:]])

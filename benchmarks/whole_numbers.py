@@ -105,7 +105,7 @@ def run(data_dir, quick: bool, strings: int | None = None) -> str:
                + target("5 MNIST digits apart: wrong digit count <= 2 %", f"{apart['count']:.1%}",
                         apart["count"] <= 0.02))
     speed_text, _ = speed(classifier, images, labels, quick)
-    return section("Whole numbers (`read_numbers`)", text, targets, speed_text)
+    return section("6. Whole numbers (`read_numbers`)", text, targets, speed_text)
 
 
 def main() -> None:

@@ -180,10 +180,12 @@ class Classifier:
 
     def read_number(self, image: ImageInput) -> NumberReading:
         """Read all the digits of one line of digits (a number) in one image; see edge_infer.number."""
-        return self.read_numbers([image])[0]
+        reading = self.read_numbers([image])[0]
+        assert not isinstance(reading, Exception)  # errors="raise"
+        return reading
 
     def read_numbers(self, images: Sequence[ImageInput] | Iterable[ImageInput], errors: str = "raise"
-                     ) -> list[NumberReading]:
+                     ) -> list[NumberReading | Exception]:
         """read_number for many images, all their candidate digits in one session.run. errors="raise" raises
         ImageError on the first unreadable image; errors="return" puts the exception in its place instead."""
         from edge_infer.number import decide, plan_number  # the number reader loads only when used

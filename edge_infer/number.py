@@ -264,7 +264,7 @@ def _blobs(boxes: list[tuple[int, int, int, int]]) -> list[list[int]]:
     the narrower one's width (transitively) are one."""
     order = sorted(range(len(boxes)), key=lambda i: (boxes[i][0], boxes[i][2]))
     groups: list[list[int]] = []
-    spans: list[list[int]] = []  # per group: its members' (x0, x1)
+    spans: list[list[tuple[int, int]]] = []  # per group: its members' (x0, x1)
     for i in order:
         x0, _, x1, _ = boxes[i]
         for group, span in zip(groups, spans):
