@@ -9,7 +9,7 @@ numbers from it, only the targets and where each stands; RESULTS.md is the recor
 
 Sections: 1 inference (torch vs onnxruntime fp32/int8), 2 CLI cold start, 3 bulk, 4 training (only with
 --training: it runs three edge-train recipes, ~10 minutes, unless OUT already holds their histories),
-5 model sizes. See benchmarks/README.md.
+5 model sizes, 6 whole numbers. See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import cold_start
 import inference
 import sizes
 import training
+import whole_numbers
 from benchlib import ROOT, add_common_args, machine_header
 
 from edge_infer.classifier import bundled_model_path
@@ -83,6 +84,8 @@ def main() -> None:
             models.checkpoint,
         )
     )
+    progress("6. whole numbers")
+    sections.append(whole_numbers.run(args.data_dir, args.quick))
     progress("done")
 
     command = shlex.join(["python", "benchmarks/run.py", *sys.argv[1:]])

@@ -7,6 +7,8 @@ print(prediction.label, prediction.confidence)
 
 from edge_infer.classifier import Classifier, ModelError, Prediction
 from edge_infer.model_info import ModelInfo
+from edge_infer.number import DigitPrediction, NumberReading
 from edge_infer.preprocess import ImageError, preprocess
 
-__all__ = ["Classifier", "ImageError", "ModelError", "ModelInfo", "Prediction", "preprocess"]
+__all__ = ["Classifier", "DigitPrediction", "ImageError", "ModelError", "ModelInfo", "NumberReading", "Prediction",
+           "preprocess"]

@@ -14,13 +14,16 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 import onnxruntime as ort
 
 from edge_infer.model_info import INPUT_NAME, OUTPUT_NAME, PIXELS, STEPS, ModelInfo, to_rows
 from edge_infer.preprocess import ImageInput, preprocess
+
+if TYPE_CHECKING:
+    from edge_infer.number import NumberReading
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 BUNDLED = {False: "digit-rnn.onnx", True: "digit-rnn-int8.onnx"}
@@ -174,6 +177,35 @@ class Classifier:
         if not digits:
             return []
         return self.classify(np.stack(digits))
+
+    def read_number(self, image: ImageInput) -> NumberReading:
+        """Read all the digits of one line of digits (a number) in one image; see edge_infer.number."""
+        reading = self.read_numbers([image])[0]
+        assert not isinstance(reading, Exception)  # errors="raise"
+        return reading
+
+    def read_numbers(self, images: Sequence[ImageInput] | Iterable[ImageInput], errors: str = "raise"
+                     ) -> list[NumberReading | Exception]:
+        """read_number for many images, all their candidate digits in one session.run. errors="raise" raises
+        ImageError on the first unreadable image; errors="return" puts the exception in its place instead."""
+        from edge_infer.number import decide, plan_number  # the number reader loads only when used
+
+        if errors not in ("raise", "return"):
+            raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
+        plans: list = []
+        for image in images:
+            try:
+                plans.append(plan_number(image))
+            except Exception as error:  # with "return", even a decoder bug must not lose the other images
+                if errors == "raise":
+                    raise
+                plans.append(error)
+        good = [plan for plan in plans if not isinstance(plan, Exception)]
+        counts = [len(plan.digits) for plan in good]
+        predictions = self.classify(np.concatenate([plan.digits for plan in good])) if sum(counts) else []
+        offsets = np.cumsum([0] + counts).tolist()
+        readings = iter([decide(plan, predictions[offsets[i]:offsets[i + 1]]) for i, plan in enumerate(good)])
+        return [plan if isinstance(plan, Exception) else next(readings) for plan in plans]
 
 
 def usable_cpus() -> int:

@@ -14,6 +14,7 @@ import click
 import numpy as np
 
 from edge_infer.classifier import Classifier, ModelError, Prediction, usable_cpus
+from edge_infer.number import NumberReading
 from edge_infer.preprocess import ImageError, preprocess
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm",
@@ -114,6 +115,30 @@ def format_line(path: str, prediction: Prediction, top_k: int, as_json: bool) ->
     return f"{path}\t{prediction.label}\t{prediction.confidence:.4f}{extra}"
 
 
+def read_number_paths(classifier: Classifier, paths: list[str], stdin: bytes | None = None
+                      ) -> Iterator[NumberReading | str]:
+    """--number: a reading or a one-line error for each path, CHUNK images per read_numbers (one session.run)."""
+    for start in range(0, len(paths), CHUNK):
+        chunk = paths[start:start + CHUNK]
+        readings = classifier.read_numbers([stdin if path == "-" else path for path in chunk], errors="return")
+        for path, reading in zip(chunk, readings):
+            if isinstance(reading, ImageError):  # named like load_digit's messages: the path is printed beside
+                name = "image bytes" if path == "-" else path
+                yield str(reading).replace(f": {name}", "").replace(f"{name}: ", "")
+            elif isinstance(reading, Exception):
+                yield f"unexpected {type(reading).__name__}: {' '.join(str(reading).split())[:200]}"
+            else:
+                yield reading
+
+
+def format_number(path: str, reading: NumberReading, as_json: bool) -> str:
+    if as_json:
+        digits = [{"label": d.label, "confidence": round(d.confidence, 6), "box": list(d.box)} for d in reading.digits]
+        return json.dumps({"path": path, "number": reading.text, "confidence": round(reading.confidence, 6),
+                           "digits": digits})
+    return f"{path}\t{reading.text or '-'}\t{reading.confidence:.4f}"
+
+
 def _print_info(classifier: Classifier, as_json: bool) -> None:
     info = {"source": classifier.source, **asdict(classifier.info)}
     if as_json:
@@ -137,8 +162,10 @@ def _print_info(classifier: Classifier, as_json: bool) -> None:
 @click.option("--jobs", "-j", type=click.IntRange(1), default=None,
               help="Processes decoding images for large batches (default: one per CPU core).")
 @click.option("--info", is_flag=True, help="Print the model's metadata and exit.")
+@click.option("--number", is_flag=True, help="Read each image as one number (a line of digits): path, digits, "
+              "confidence (the product of the digits'); with --json also each digit's label, confidence and box.")
 @click.version_option(package_name="edge-infer")
-def main(paths, as_json, top_k, model, int8, threads, provider, jobs, info) -> None:
+def main(paths, as_json, top_k, model, int8, threads, provider, jobs, info, number) -> None:
     """Classify handwritten or printed digits in PATH... (image files, directories, or - for stdin).
 
     Prints one line per image: path, digit, confidence (tab-separated); '-' for the digit when the image
@@ -148,6 +175,8 @@ def main(paths, as_json, top_k, model, int8, threads, provider, jobs, info) -> N
         _die("no input: give image files, directories, or - for stdin (see --help)")
     if paths.count("-") > 1:
         _die("stdin ('-') can be read only once")
+    if number and top_k > 1:
+        _die("--top-k applies to single digits, not to --number")
     if int8 and model:
         _die("--int8 selects the bundled int8 model; with --model, pass your int8 file itself")
     options = {"model": model, "int8": int8, "threads": threads, "provider": provider}
@@ -163,7 +192,9 @@ def main(paths, as_json, top_k, model, int8, threads, provider, jobs, info) -> N
     stdin = sys.stdin.buffer.read() if "-" in paths else None
     jobs = jobs or usable_cpus()
     inputs = list(expand(paths))
-    predicted = classify_all([path for path, error in inputs if error is None], stdin, classifier, options, jobs)
+    good = [path for path, error in inputs if error is None]
+    predicted = read_number_paths(classifier, good, stdin) if number else classify_all(good, stdin, classifier,
+                                                                                        options, jobs)
     failed = False
     lines: list[str] = []
     try:
@@ -175,7 +206,8 @@ def main(paths, as_json, top_k, model, int8, threads, provider, jobs, info) -> N
                 if as_json:
                     lines.append(json.dumps({"path": path, "error": result}))
             else:
-                lines.append(format_line(path, result, top_k, as_json))
+                lines.append(format_number(path, result, as_json) if number else format_line(path, result, top_k,
+                                                                                             as_json))
             if lines and (index % CHUNK == 0 or index == len(inputs)):
                 sys.stdout.write("\n".join(lines) + "\n")
                 sys.stdout.flush()

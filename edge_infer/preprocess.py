@@ -8,7 +8,9 @@ below redo that for photos, scans, drawings and rendered fonts:
     load_image  decode, first frame, EXIF orientation, early downscale to <= 512 px
     to_grey     any PIL mode -> float grey, transparency flattened
     to_mnist    polarity + background removal, crop, thicken thin strokes, fit 20x20,
-                centre of mass to the centre of 28x28
+                centre of mass to the centre of 28x28; its two halves, ink_map (polarity +
+                background removal) and ink_to_mnist (one digit's crop -> 28x28), also serve
+                edge_infer.number, which reads several digits from one image
 
 Only numpy, Pillow and the standard library are used, and everything is pure.
 """
@@ -22,7 +24,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["ImageError", "ImageInput", "MAX_PIXELS", "load_image", "to_grey", "to_mnist", "preprocess"]
+__all__ = ["ImageError", "ImageInput", "MAX_PIXELS", "load_image", "to_grey", "to_mnist", "ink_map", "ink_to_mnist",
+           "preprocess"]
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
@@ -237,16 +240,19 @@ def to_mnist(grey: np.ndarray) -> np.ndarray:
     grey = np.asarray(grey, dtype=np.float32)
     if grey.ndim != 2 or grey.size == 0:
         raise ValueError(f"expected a non-empty 2-D grey image, got shape {grey.shape}")
-    ink = _ink_map(grey)
-    empty = np.zeros((CANVAS, CANVAS), np.float32)
-    if ink is None:
-        return empty
-    crop = _crop(ink)
+    ink = ink_map(grey)
+    crop = None if ink is None else _crop(ink)
     if crop is None:
-        return empty
+        return np.zeros((CANVAS, CANVAS), np.float32)
+    return ink_to_mnist(crop)
+
+
+def ink_to_mnist(crop: np.ndarray) -> np.ndarray:
+    """A tight crop of one digit's ink map (0..1, 1 = full ink) -> float32 28x28 MNIST form: thin strokes
+    thickened, fitted into 20x20 keeping the aspect ratio, centre of mass at the centre. All zeros if empty."""
     box = _fit_box(crop)
     if box.sum() <= 0:
-        return empty
+        return np.zeros((CANVAS, CANVAS), np.float32)
     return _centre(box)
 
 
@@ -255,7 +261,7 @@ def preprocess(image: ImageInput) -> np.ndarray:
     return to_mnist(to_grey(load_image(image)))
 
 
-def _ink_map(g: np.ndarray) -> np.ndarray | None:
+def ink_map(g: np.ndarray) -> np.ndarray | None:
     """Polarity + background removal: return ink in [0, 1] (1 = full ink), or None if there is none.
 
     The background (paper and its lighting) is a smooth surface fitted robustly to the
@@ -294,7 +300,7 @@ def _corner_background(g: np.ndarray) -> tuple[np.ndarray, float] | None:
 
 
 def _ink_against(g: np.ndarray, surface: np.ndarray, sigma: float) -> np.ndarray | None:
-    """The ink of g against a background surface with noise sigma (see _ink_map)."""
+    """The ink of g against a background surface with noise sigma (see ink_map)."""
     flat = surface.ndim == 0  # a constant background (see _fit_background)
     r = g - surface
     tol = NOISE_SIGMAS * sigma + 1e-4

@@ -5,17 +5,25 @@
 Each file name ends in the digit it shows. Two come from the MNIST *test* set (real handwriting), made to
 look like a scan and a phone photo; the others are a font, a drawing on a transparent canvas, and a raw
 28x28 MNIST image.
+
+examples/numbers/ holds whole numbers for `edge-infer --number` (each name ends in the number it shows),
+made with tests/number_strings.py: a handwritten one (MNIST test digits, two of them touching, on a
+transparent canvas), a printed one (DejaVu Sans) and a photo-like one (MNIST test digits, 1000x300, dark ink
+on unevenly lit paper, as a JPEG). The handwritten one uses the third test image of each digit: with the
+first ones, the bundled model reads the (touching) 3 as an 8; benchmarks/whole_numbers.py measures accuracy.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # for tests/number_strings.py
 
 
 def mnist_test_image(raw: Path, index: int) -> np.ndarray:
@@ -53,6 +61,30 @@ def main() -> None:
     pen.arc((90, 40, 210, 150), start=190, end=90, fill=(20, 20, 20, 255), width=14)
     pen.arc((80, 135, 215, 260), start=270, end=160, fill=(20, 20, 20, 255), width=14)
     canvas.save(HERE / "drawing-3.png")
+    make_numbers(args.mnist)
+
+
+def first_of_each(labels: np.ndarray, text: str, skip: int = 0) -> list[int]:
+    """Indices of MNIST test images showing the digits of text: for each, the first one after `skip`."""
+    return [int(np.flatnonzero(labels == int(d))[skip]) for d in text]
+
+
+def make_numbers(raw: Path) -> None:
+    from tests.number_strings import font_number, mnist_number
+
+    images = np.fromfile(raw / "t10k-images-idx3-ubyte", np.uint8, offset=16).reshape(-1, 28, 28)
+    labels = np.fromfile(raw / "t10k-labels-idx1-ubyte", np.uint8, offset=8)
+    out = HERE / "numbers"
+    out.mkdir(exist_ok=True)
+    rng = np.random.default_rng(1)
+    handwritten = mnist_number(images, labels, rng, length=5, spacing="touching", share=0.25, background="transparent",
+                               height=60, indices=first_of_each(labels, "40713", skip=2))
+    handwritten.image.save(out / "handwritten-40713.png")
+    font = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+    font_number("2048", font, rng, size=72, background="white").image.save(out / "printed-2048.png")
+    photo = mnist_number(images, labels, rng, length=5, background="paper", height=150,
+                         indices=first_of_each(labels, "31415", skip=1))
+    photo.image.resize((1000, 300), Image.Resampling.BILINEAR).save(out / "photo-31415.jpg", quality=85)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,414 @@
+"""Read a whole number: segment one line of handwritten or printed digits into single digits.
+
+    plan = plan_number(image)                 # segmentation candidates, each already in MNIST form
+    predictions = classifier.classify(plan.digits)
+    reading = decide(plan, predictions)      # NumberReading("40713", ...)
+
+Classifier.read_number / read_numbers run these three steps, with the candidates of a whole batch of
+images in one session.run. The single-digit preprocessing (edge_infer.preprocess) is reused: the image is
+loaded, made grey and turned into an ink map (polarity, background removal) once, then each digit's own
+crop of that ink map goes through ink_to_mnist, so every digit is fitted into 20x20 at its own size.
+
+Segmentation, on the ink map at load_image's working size (<= 512 px):
+  1. connected components of the ink (8-connected, pure numpy + a small union-find), specks dropped;
+  2. components whose columns overlap (a 5's detached bar, the pieces of a broken stroke) form one blob;
+  3. a blob too wide for one digit (touching or overlapping digits) gets candidate cuts: the thinnest
+     top-to-bottom path near each minimum of its column projection;
+  4. every run of consecutive pieces between two cuts is a candidate digit; the classifier reads them all,
+     and per blob the split whose digits it reads best (sum of log confidences, less a cost for cutting
+     through ink and for too-wide digits) wins. Blobs are read left to right.
+Only numpy, Pillow and the standard library are used.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from edge_infer.classifier import Prediction
+from edge_infer.preprocess import WORK_SIZE, ImageInput, _box_sum3, ink_map, ink_to_mnist, load_image, to_grey
+
+__all__ = ["DigitPrediction", "NumberReading", "NumberPlan", "plan_number", "decide"]
+
+SEG_INK = 0.1          # ink-map level that makes a pixel part of a stroke for labelling (faint rims join later)
+SPECK_AREA = 0.04      # components smaller than this fraction of the largest one are specks...
+SPECK_SIZE = 0.2       # ... and so are those whose longest side is below this fraction of the tallest one
+MERGE_OVERLAP = 0.5    # components sharing this fraction of the narrower one's columns are one digit
+SPLIT_ASPECT = 0.75    # blobs wider than this x their height may hold several digits
+MIN_PART = 0.12        # a piece between two cuts is at least this x the blob height wide (a narrow 1)
+MAX_CUTS = 7           # candidate cuts per blob, at most...
+CUTS_PER_HEIGHT = 3.0  # ... this many per blob height of its width
+CUT_DEPTH = 0.7        # a cut is tried only where the column projection is below this x its maximum
+PATH_ROWS = 40         # cut paths are searched at a resolution of at most this many rows per blob
+MAX_SPAN = 4           # a candidate digit spans at most this many pieces
+WIDE_ASPECT = 1.0      # a candidate digit wider than this x its height is likely two digits...
+WIDE_COST = 4.0        # ... and costs this much log-score per unit of aspect beyond it
+CUT_COST = 1.5         # log-score cost of a cut per stroke width of ink it crosses
+SPLIT_COST = 0.0       # and of any cut at all (a confident single digit stays whole)
+
+
+@dataclass(frozen=True)
+class DigitPrediction(Prediction):
+    """A Prediction of one digit of a number, with where it is: box = (left, top, right, bottom) in the
+    input image's pixels after EXIF orientation, right and bottom exclusive (PIL's crop box)."""
+    box: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+
+@dataclass(frozen=True)
+class NumberReading:
+    text: str  # the digits left to right, e.g. "40713"; "" when the image holds no ink
+    confidence: float  # the PRODUCT of the digits' confidences (0.0 when there are none)
+    digits: tuple[DigitPrediction, ...] = ()
+
+
+@dataclass
+class NumberPlan:
+    """The segmentation of one image, before classification.
+
+    digits: float32 [M, 28, 28], every candidate digit in MNIST form; boxes: their boxes (source pixels);
+    blobs: per blob, left to right, the number of pieces and the candidate index of each piece span
+    (start, end) -> (candidate, extra log-score of that span and of the cut at its left end)."""
+    digits: np.ndarray
+    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
+    blobs: list[tuple[int, dict[tuple[int, int], tuple[int, float]]]] = field(default_factory=list)
+
+
+def plan_number(image: ImageInput) -> NumberPlan:
+    """Load an image of one line of digits and list its candidate digits. Raises ImageError on bad input."""
+    img = load_image(image)
+    scale = _scale_to_source(image, img)
+    grey = to_grey(img)
+    ink = ink_map(grey)
+    plan = NumberPlan(np.zeros((0, 28, 28), np.float32))
+    if ink is None:
+        return plan
+    strong = ink >= SEG_INK
+    labels, boxes = _components(strong)
+    keep = _not_specks(boxes)
+    if not keep:
+        return plan
+    digits: list[np.ndarray] = []
+    for group in _blobs([boxes[i] for i in keep]):
+        ids = [keep[i] + 1 for i in group]
+        x0 = min(boxes[i - 1][0] for i in ids)
+        y0 = min(boxes[i - 1][1] for i in ids)
+        x1 = max(boxes[i - 1][2] for i in ids)
+        y1 = max(boxes[i - 1][3] for i in ids)
+        # this blob's ink and its anti-aliased rim (2 px), without other blobs' strokes inside its box
+        x0, y0 = max(x0 - 2, 0), max(y0 - 2, 0)
+        x1, y1 = min(x1 + 2, ink.shape[1]), min(y1 + 2, ink.shape[0])
+        window = labels[y0:y1, x0:x1]
+        own = np.isin(window, ids)
+        member = (_box_sum3(_box_sum3(own) > 0) > 0) & ~((window > 0) & ~own)
+        blob_ink = np.where(member, ink[y0:y1, x0:x1], 0.0).astype(np.float32)
+        spans = _split_candidates(blob_ink, own)
+        table: dict[tuple[int, int], tuple[int, float]] = {}
+        for (start, end), (part, extra) in spans.items():
+            rows, cols = np.flatnonzero(part.any(1)), np.flatnonzero(part.any(0))
+            if rows.size == 0:
+                continue
+            top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+            crop = part[top:bottom, left:right]
+            aspect = (right - left) / (bottom - top)
+            extra -= WIDE_COST * max(0.0, aspect - WIDE_ASPECT)
+            table[(start, end)] = (len(digits), extra)
+            digits.append(ink_to_mnist(crop))
+            plan.boxes.append(_source_box((x0 + left, y0 + top, x0 + right, y0 + bottom), scale, grey.shape))
+        if table:
+            plan.blobs.append((max(end for _, end in table), table))
+    if digits:
+        plan.digits = np.stack(digits)
+    return plan
+
+
+def decide(plan: NumberPlan, predictions: list[Prediction]) -> NumberReading:
+    """Pick, per blob, the split whose candidate digits the classifier reads best; return the reading."""
+    chosen: list[DigitPrediction] = []
+    for pieces, table in plan.blobs:
+        # best[j]: the best score of reading pieces [0, j) as digits; back[j]: where its last digit starts
+        best = [0.0] + [-math.inf] * pieces
+        back = [0] * (pieces + 1)
+        for end in range(1, pieces + 1):
+            for start in range(end):
+                entry = table.get((start, end))  # (only spans of <= MAX_SPAN pieces, and the whole blob)
+                if entry is None or best[start] == -math.inf:
+                    continue
+                index, extra = entry
+                score = best[start] + math.log(max(predictions[index].confidence, 1e-9)) + extra
+                if score > best[end]:
+                    best[end], back[end] = score, start
+        if best[pieces] == -math.inf:
+            continue
+        spans, end = [], pieces
+        while end > 0:
+            spans.append((back[end], end))
+            end = back[end]
+        for span in reversed(spans):
+            index = table[span][0]
+            p = predictions[index]
+            if p.digit_found:
+                chosen.append(DigitPrediction(p.label, p.confidence, p.probabilities, plan.boxes[index]))
+    text = "".join(str(d.label) for d in chosen)
+    confidence = math.prod(d.confidence for d in chosen) if chosen else 0.0
+    return NumberReading(text, float(confidence), tuple(chosen))
+
+
+# -----------------------------------------------------------------------------
+# coordinates
+
+
+def _scale_to_source(image: ImageInput, img: Image.Image) -> tuple[float, float]:
+    """(x, y) factors from load_image's working pixels to the input's pixels after EXIF orientation.
+
+    load_image only shrinks images whose longest side exceeds WORK_SIZE (to exactly WORK_SIZE), so
+    anything smaller is at its own size; for the others the input's header says how big it was."""
+    if max(img.size) < WORK_SIZE:
+        return 1.0, 1.0
+    try:
+        if isinstance(image, np.ndarray):
+            size = (image.shape[1], image.shape[0])
+        else:
+            if isinstance(image, Image.Image):
+                source = image
+            elif isinstance(image, (bytes, bytearray, memoryview)):
+                source = Image.open(io.BytesIO(bytes(image)))
+            else:
+                source = Image.open(os.fspath(image))  # the header only: load_image has decoded it already
+            size = source.size
+            # EXIF orientations 5-8 swap the axes (PNG, GIF and BMP: only read when in the header, since
+            # Pillow's getexif would decode the whole image to look further)
+            if (source.format not in ("PNG", "GIF", "BMP") or "exif" in source.info) \
+                    and source.getexif().get(0x0112) in (5, 6, 7, 8):
+                size = size[::-1]
+    except (OSError, ValueError, SyntaxError):
+        return 1.0, 1.0
+    return size[0] / img.width, size[1] / img.height
+
+
+def _source_box(box: tuple[int, int, int, int], scale: tuple[float, float], shape: tuple[int, ...]
+                ) -> tuple[int, int, int, int]:
+    sx, sy = scale
+    h, w = shape
+    return (int(math.floor(box[0] * sx)), int(math.floor(box[1] * sy)),
+            int(math.ceil(min(box[2], w) * sx)), int(math.ceil(min(box[3], h) * sy)))
+
+
+# -----------------------------------------------------------------------------
+# components
+
+
+def _components(mask: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """8-connected components of a boolean image: labels (0 = background, k = the k-th component) and
+    each component's box (x0, y0, x1, y1), ends exclusive.
+
+    Runs of set pixels along each row are the nodes; runs touching in consecutive rows (diagonals
+    included) are joined with a union-find. Vectorised except the union-find over the (few) run pairs."""
+    h, w = mask.shape
+    starts = mask.copy()
+    starts[:, 1:] &= ~mask[:, :-1]
+    run = (np.cumsum(starts.ravel(), dtype=np.int32).reshape(h, w) * mask).astype(np.int32)
+    n = int(run.max()) if run.size else 0
+    if n == 0:
+        return np.zeros_like(run), []
+    pairs = []
+    for a, b in ((run[:-1], run[1:]), (run[:-1, :-1], run[1:, 1:]), (run[:-1, 1:], run[1:, :-1])):
+        both = (a > 0) & (b > 0)
+        pairs.append(a[both].astype(np.int64) * (n + 1) + b[both])
+    edges = np.unique(np.concatenate(pairs))
+    parent = list(range(n + 1))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in zip((edges // (n + 1)).tolist(), (edges % (n + 1)).tolist()):
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    roots = np.array([root(i) for i in range(n + 1)])
+    _, compact = np.unique(roots, return_inverse=True)  # root 0 (background) stays 0
+    labels = compact.astype(np.int32)[run]
+    ys, xs = np.nonzero(labels)
+    ids = labels[ys, xs] - 1
+    count = int(compact.max())
+    x0 = np.full(count, w)
+    y0 = np.full(count, h)
+    x1 = np.zeros(count, int)
+    y1 = np.zeros(count, int)
+    np.minimum.at(x0, ids, xs)
+    np.minimum.at(y0, ids, ys)
+    np.maximum.at(x1, ids, xs + 1)
+    np.maximum.at(y1, ids, ys + 1)
+    return labels, list(zip(x0.tolist(), y0.tolist(), x1.tolist(), y1.tolist()))
+
+
+def _not_specks(boxes: list[tuple[int, int, int, int]]) -> list[int]:
+    """Indices of the components that are not specks (by box area and size, relative to the biggest)."""
+    if not boxes:
+        return []
+    areas = [(x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes]
+    tallest = max(y1 - y0 for _, y0, _, y1 in boxes)
+    biggest = max(areas)
+    return [i for i, (x0, y0, x1, y1) in enumerate(boxes)
+            if areas[i] >= SPECK_AREA * biggest and max(x1 - x0, y1 - y0) >= SPECK_SIZE * tallest]
+
+
+def _blobs(boxes: list[tuple[int, int, int, int]]) -> list[list[int]]:
+    """Group components into blobs, left to right: those whose columns overlap by at least MERGE_OVERLAP of
+    the narrower one's width (transitively) are one."""
+    order = sorted(range(len(boxes)), key=lambda i: (boxes[i][0], boxes[i][2]))
+    groups: list[list[int]] = []
+    spans: list[list[tuple[int, int]]] = []  # per group: its members' (x0, x1)
+    for i in order:
+        x0, _, x1, _ = boxes[i]
+        for group, span in zip(groups, spans):
+            if any(min(x1, b1) - max(x0, b0) >= MERGE_OVERLAP * min(x1 - x0, b1 - b0) for b0, b1 in span):
+                group.append(i)
+                span.append((x0, x1))
+                break
+        else:
+            groups.append([i])
+            spans.append([(x0, x1)])
+    groups.sort(key=lambda g: min(boxes[i][0] for i in g))
+    return groups
+
+
+# -----------------------------------------------------------------------------
+# splitting a blob
+
+
+def _split_candidates(ink: np.ndarray, own: np.ndarray
+                      ) -> dict[tuple[int, int], tuple[np.ndarray, float]]:
+    """Candidate digits of one blob: (first piece, end piece) -> (its ink, extra log-score).
+
+    The pieces lie between the candidate cuts; the extra score charges the cut at the span's left end
+    (none for the blob's left edge) for the ink it crosses."""
+    rows, cols = np.flatnonzero(own.any(1)), np.flatnonzero(own.any(0))
+    height = rows[-1] + 1 - rows[0]
+    width = cols[-1] + 1 - cols[0]
+    whole = {(0, 1): (ink, 0.0)}
+    if width < SPLIT_ASPECT * height:
+        return whole
+    paths, costs = _cuts(ink, own, height, cols[0], cols[-1] + 1)
+    if not paths:
+        return whole
+    h, w = ink.shape
+    xx = np.arange(w)[None, :]
+    bounds = [np.full(h, -1)] + paths + [np.full(h, w)]
+    cut_costs = [0.0] + costs + [0.0]
+    # drop cuts that leave (next to) nothing between them: each piece needs a share of the blob's strokes
+    least = MIN_PART * float(own.sum()) / 2
+    i = 1
+    while i < len(bounds) - 1:
+        between = (xx > bounds[i - 1][:, None]) & (xx <= bounds[i][:, None])
+        if (own & between).sum() < least or (i == len(bounds) - 2 and (own & (xx > bounds[i][:, None])).sum() < least):
+            del bounds[i], cut_costs[i]
+        else:
+            i += 1
+    pieces = len(bounds) - 1
+    out = {}
+    for start in range(pieces):
+        for end in range(start + 1, pieces + 1):
+            if end - start > MAX_SPAN and (start, end) != (0, pieces):
+                continue
+            inside = (xx > bounds[start][:, None]) & (xx <= bounds[end][:, None])
+            out[(start, end)] = (np.where(inside, ink, 0.0), -cut_costs[start])
+    return out
+
+
+def _cuts(ink: np.ndarray, own: np.ndarray, height: int, left: int, right: int
+          ) -> tuple[list[np.ndarray], list[float]]:
+    """Candidate cuts, left to right: per cut the column x(y) of each row (pixels at x <= x(y) go left)
+    and its cost (ink crossed, in stroke widths, times CUT_COST, plus SPLIT_COST).
+
+    Near each minimum of the column projection, the cheapest 8-connected top-to-bottom path through the
+    ink is taken (it follows a gap or the thinnest place where two digits touch or overlap)."""
+    profile = own.sum(0).astype(np.float32)
+    smooth = np.convolve(np.pad(profile, 1, mode="edge"), [0.25, 0.5, 0.25], mode="valid")
+    margin = max(2, int(round(MIN_PART * height)))
+    lo, hi = left + margin, right - margin
+    if hi <= lo:
+        return [], []
+    inner = smooth[lo:hi]
+    is_min = np.ones(inner.shape, bool)
+    is_min[1:] &= inner[1:] <= inner[:-1]
+    is_min[:-1] &= inner[:-1] <= inner[1:]
+    candidates = np.flatnonzero(is_min) + lo
+    # the lowest minima first, at least `margin` apart
+    chosen: list[int] = []
+    most = min(MAX_CUTS, max(1, int(CUTS_PER_HEIGHT * (right - left) / height)))
+    for c in sorted(candidates.tolist(), key=lambda c: (smooth[c], c)):
+        if smooth[c] > CUT_DEPTH * smooth.max() or len(chosen) == most:
+            break
+        if all(abs(c - d) >= margin for d in chosen):
+            chosen.append(c)
+    chosen.sort()
+    stroke = max(1.0, float(own.sum()) / max(1.0, float(_edges(own)) / 2))  # area / half the perimeter
+    radius = max(1, int(round(0.15 * height)))
+    windows = [(max(c - radius, lo), min(c + radius + 1, hi)) for c in chosen]
+    paths: list[np.ndarray] = []
+    costs: list[float] = []
+    for path, crossed in zip(*_thinnest_paths(ink, windows)):
+        if paths:
+            path = np.maximum(path, paths[-1])  # cuts must not cross
+        paths.append(path)
+        costs.append(CUT_COST * crossed / stroke + SPLIT_COST)
+    return paths, costs
+
+
+def _edges(m: np.ndarray) -> int:
+    return int((m[1:] != m[:-1]).sum() + (m[:, 1:] != m[:, :-1]).sum() + m[0].sum() + m[-1].sum()
+               + m[:, 0].sum() + m[:, -1].sum())
+
+
+def _thinnest_paths(ink: np.ndarray, windows: list[tuple[int, int]]) -> tuple[list[np.ndarray], list[float]]:
+    """Per window of columns [lo, hi): the top-to-bottom path inside it that crosses the least ink (moving
+    at most one column per row; a small cost per step keeps it straight where no ink is in the way), as
+    its column in each row, and the ink it crosses (in pixels of full ink).
+
+    All windows are solved together, on a copy of the ink averaged over f x f blocks so that the row loop
+    runs at most PATH_ROWS times (f = 1 for small blobs)."""
+    if not windows:
+        return [], []
+    h, w = ink.shape
+    f = max(1, -(-h // PATH_ROWS))
+    padded = np.pad(ink, ((0, -h % f), (0, -w % f)))
+    pooled = padded.reshape(padded.shape[0] // f, f, padded.shape[1] // f, f).mean(axis=(1, 3))
+    rows, width = pooled.shape
+    los = np.array([lo // f for lo, _ in windows])
+    his = np.array([max(-(-hi // f), lo // f + 1) for lo, hi in windows])
+    n = int((his - los).max())
+    cols = los[:, None] + np.arange(n)[None, :]  # [K, n]
+    valid = cols < his[:, None]
+    cost = np.where(valid[None], pooled[:, np.minimum(cols, width - 1)], np.inf)  # [rows, K, n]
+    total = cost[0].copy()
+    back = np.zeros(cost.shape, np.int8)
+    for y in range(1, rows):
+        best, move = total.copy(), np.zeros(total.shape, np.int8)
+        from_left = total[:, :-1] + 0.01
+        better = from_left < best[:, 1:]
+        best[:, 1:][better], move[:, 1:][better] = from_left[better], -1
+        from_right = total[:, 1:] + 0.01
+        better = from_right < best[:, :-1]
+        best[:, :-1][better], move[:, :-1][better] = from_right[better], 1
+        total = best + cost[y]
+        back[y] = move
+    k = np.arange(len(windows))
+    x = total.argmin(1)
+    low = np.empty((len(windows), rows), np.int64)
+    crossed = np.zeros(len(windows))
+    for y in range(rows - 1, -1, -1):
+        low[:, y] = x
+        crossed += cost[y, k, x]
+        x = x + back[y, k, x]
+    paths = []
+    for i, (lo, hi) in enumerate(windows):
+        full = np.repeat((cols[i, low[i]]) * f + f // 2, f)[:h]
+        paths.append(np.clip(full, lo, hi - 1))
+    return paths, (crossed * f).tolist()

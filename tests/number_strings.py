@@ -1,0 +1,154 @@
+"""Images of whole numbers with their truth, for edge_infer.number: made from real MNIST *test* digits (never
+training ones) or rendered fonts. Used by tests/test_number.py, benchmarks/whole_numbers.py and
+examples/make_examples.py.
+
+    number = mnist_number(images, labels, rng, length=5, spacing="touching", background="paper")
+    number.image, number.text, number.boxes
+
+Spacing between neighbours: "apart" (a gap of 0.12-0.5 digit heights, now and then more than a digit's
+width), "touching" (the next digit slid left until its ink meets its neighbour's) or "overlapping" (slid
+8-20 % of its width further); with share < 1, only that share of neighbour pairs touch or overlap and the
+others are apart. Each digit has its own height (0.8-1.15 of the line's), the baseline jitters and slopes
+(up to about 4.5 degrees). Backgrounds: dark ink on photo-like paper (uneven light, noise, a slight blur,
+RGB), on white (L), or drawn on a transparent canvas (RGBA).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+SPACINGS = ("apart", "touching", "overlapping")
+BACKGROUNDS = ("paper", "white", "transparent")
+FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
+
+
+@dataclass
+class NumberImage:
+    image: Image.Image
+    text: str
+    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # each digit's ink, (l, t, r, b) exclusive
+    spacings: list[str] = field(default_factory=list)  # what each neighbour pair got
+
+
+def _dilate(m: np.ndarray) -> np.ndarray:
+    p = np.pad(m, 1)
+    out = np.zeros_like(m)
+    for dy in range(3):
+        for dx in range(3):
+            out |= p[dy:dy + m.shape[0], dx:dx + m.shape[1]]
+    return out
+
+
+def mnist_number(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, length: int = 5,
+                 spacing: str = "apart", share: float = 1.0, background: str = "white",
+                 height: float | None = None, indices: list[int] | None = None) -> NumberImage:
+    """A line of `length` MNIST test digits (random ones, or `indices`)."""
+    if indices is None:
+        indices = rng.integers(0, len(images), length).tolist()
+    height = height or float(rng.uniform(24, 64))
+    slope = float(rng.uniform(-0.08, 0.08))
+    digits = []
+    for index in indices:
+        ink = images[index].astype(np.float32) / 255
+        rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
+        ink = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        scale = height * float(rng.uniform(0.8, 1.15)) / ink.shape[0]
+        size = (max(1, round(ink.shape[1] * scale)), max(1, round(ink.shape[0] * scale)))
+        digits.append(np.clip(np.asarray(Image.fromarray(ink).resize(size, Image.Resampling.BILINEAR)), 0, 1))
+    margin = int(2 * height)
+    canvas = np.zeros((int(4 * height), sum(d.shape[1] for d in digits) + margin * (length + 2)), np.float32)
+    baseline = 2.5 * height
+    boxes: list[tuple[int, int, int, int]] = []
+    kinds: list[str] = []
+    right = margin
+    for k, d in enumerate(digits):
+        h, w = d.shape
+        mode = "apart" if k == 0 or rng.random() >= share else spacing
+        if k == 0:
+            x = margin
+        elif mode == "apart":
+            gap = rng.uniform(1.0, 2.0) if rng.random() < 0.1 else rng.uniform(0.12, 0.5)
+            x = right + int(round(gap * height))
+        else:
+            x = right + 1
+        y = int(round(baseline + slope * (x - margin) + rng.normal(0, 0.04 * height))) - h
+        y = min(max(y, 0), canvas.shape[0] - h)
+        if mode != "apart":
+            placed = _dilate(canvas > 0.3)
+            mine = d > 0.3
+            while x > boxes[-1][0] and not (placed[y:y + h, x:x + w] & mine).any():
+                x -= 1
+            if mode == "overlapping":
+                x = max(boxes[-1][0] + 1, x - int(round(rng.uniform(0.08, 0.2) * w)))
+        kinds.append(mode)
+        np.maximum(canvas[y:y + h, x:x + w], d, out=canvas[y:y + h, x:x + w])
+        boxes.append((x, y, x + w, y + h))
+        right = max(right, x + w)
+    # crop to the ink plus a margin of 0.3-1 digit heights
+    x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    x1, y1 = max(b[2] for b in boxes), max(b[3] for b in boxes)
+    pad = [int(rng.uniform(0.3, 1.0) * height) for _ in range(4)]
+    left, top = max(x0 - pad[0], 0), max(y0 - pad[1], 0)
+    canvas = canvas[top:min(y1 + pad[3], canvas.shape[0]), left:x1 + pad[2]]
+    boxes = [(a - left, b - top, c - left, d - top) for a, b, c, d in boxes]
+    text = "".join(str(int(labels[i])) for i in indices)
+    return NumberImage(render(canvas, background, rng), text, boxes, kinds[1:])
+
+
+def render(ink: np.ndarray, background: str, rng: np.random.Generator) -> Image.Image:
+    """Ink (1 = full) as dark ink on photo-like paper, on white, or on a transparent canvas."""
+    if background == "white":
+        return Image.fromarray(np.round(255 * (1 - 0.9 * ink)).astype(np.uint8))
+    if background == "transparent":
+        rgba = np.zeros(ink.shape + (4,), np.uint8)  # the hidden colour is black, as drawing apps leave it
+        rgba[..., :3] = (20, 20, 35)
+        rgba[..., 3] = np.round(255 * ink).astype(np.uint8)
+        return Image.fromarray(rgba)
+    if background != "paper":
+        raise ValueError(f"unknown background {background!r}")
+    h, w = ink.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    gradient = float(rng.uniform(0.05, 0.3))
+    paper = 0.92 - gradient * (0.6 * xx / w + 0.4 * yy / h)
+    grey = paper * (1 - 0.85 * ink) + rng.normal(0, 0.02, ink.shape)
+    image = Image.fromarray(np.clip(grey * 255, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.6))
+    return image.convert("RGB")
+
+
+def font_paths() -> list[Path]:
+    return sorted(FONT_DIR.glob("DejaVu*.ttf"))
+
+
+def font_number(text: str, font_path: Path, rng: np.random.Generator, size: int = 64,
+                background: str = "white", tracking: tuple[float, float] = (0.0, 0.25)) -> NumberImage:
+    """A printed number: each character drawn at its advance plus tracking (a share of the font size)."""
+    font = ImageFont.truetype(str(font_path), size)
+    layer = Image.new("L", (int(size * (len(text) + 2) * 1.4), size * 3), 0)
+    pen = ImageDraw.Draw(layer)
+    x, y = size / 2, size
+    boxes = []
+    for ch in text:
+        pen.text((x, y), ch, fill=255, font=font, anchor="ls")
+        box = pen.textbbox((x, y), ch, font=font, anchor="ls")
+        boxes.append(tuple(int(v) for v in box))
+        x += font.getlength(ch) + rng.uniform(*tracking) * size
+    ink = np.asarray(layer, np.float32) / 255
+    rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
+    pad = size // 3
+    top, left = max(rows[0] - pad, 0), max(cols[0] - pad, 0)
+    ink = ink[top:rows[-1] + pad, left:cols[-1] + pad]
+    boxes = [(a - left, b - top, c - left, d - top) for a, b, c, d in boxes]
+    return NumberImage(render(ink, background, rng), text, boxes, ["apart"] * (len(text) - 1))
+
+
+def digits_matched(truth: str, read: str) -> int:
+    """How many of the true digits were read, in order: the longest common subsequence."""
+    row = [0] * (len(read) + 1)
+    for a in truth:
+        previous = 0
+        for j, b in enumerate(read, 1):
+            previous, row[j] = row[j], previous + 1 if a == b else max(row[j], row[j - 1])
+    return row[-1]

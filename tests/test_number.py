@@ -1,0 +1,231 @@
+"""edge_infer.number: whole numbers read from real files, made of real MNIST test digits and rendered fonts."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from edge_infer import Classifier, ImageError
+from edge_infer.number import SEG_INK, NumberReading, _components
+from edge_infer.preprocess import ink_map, to_grey
+
+from .conftest import ROOT
+from .number_strings import BACKGROUNDS, font_number, font_paths, mnist_number
+from .test_runtime import cli
+
+NUMBER_EXAMPLES = sorted((ROOT / "examples" / "numbers").glob("*.*"))
+DEJAVU = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+
+
+@pytest.fixture(scope="module")
+def classifier() -> Classifier:
+    return Classifier()
+
+
+def save(image: Image.Image, path) -> str:
+    image.save(path)
+    return str(path)
+
+
+def iou(a, b) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(w, 0) * max(h, 0)
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def read_files(classifier, tmp_path, numbers) -> list[NumberReading]:
+    paths = [save(n.image, tmp_path / f"{i}.png") for i, n in enumerate(numbers)]
+    return classifier.read_numbers(paths)
+
+
+# --- accuracy on real handwriting and print ------------------------------------------------------
+
+def test_mnist_numbers_apart(classifier, mnist_test, tmp_path):
+    """5 MNIST test digits, apart, on paper / white / transparent (benchmark: ~92 % whole strings, 0 % wrong
+    count, per digit as the model alone)."""
+    images, labels = mnist_test
+    rng = np.random.default_rng(10)
+    numbers = [mnist_number(images, labels, rng, background=BACKGROUNDS[i % 3]) for i in range(45)]
+    readings = read_files(classifier, tmp_path, numbers)
+    whole = np.mean([n.text == r.text for n, r in zip(numbers, readings)])
+    wrong_count = np.mean([len(n.text) != len(r.text) for n, r in zip(numbers, readings)])
+    assert whole >= 0.8, whole
+    assert wrong_count <= 0.05, wrong_count
+
+
+def test_mnist_numbers_some_touching(classifier, mnist_test, tmp_path):
+    """A fifth of neighbour pairs touching: split along the thinnest place (benchmark: ~65 % whole strings)."""
+    images, labels = mnist_test
+    rng = np.random.default_rng(11)
+    numbers = [mnist_number(images, labels, rng, spacing="touching", share=0.2, background=BACKGROUNDS[i % 3])
+               for i in range(45)]
+    readings = read_files(classifier, tmp_path, numbers)
+    assert sum(s == "touching" for n in numbers for s in n.spacings) >= 20
+    whole = np.mean([n.text == r.text for n, r in zip(numbers, readings)])
+    assert whole >= 0.45, whole
+
+
+def test_every_touching_pair_of_two(classifier, mnist_test):
+    """Two touching digits and nothing else: more than half are split into two and read right."""
+    images, labels = mnist_test
+    rng = np.random.default_rng(12)
+    numbers = [mnist_number(images, labels, rng, length=2, spacing="touching") for _ in range(30)]
+    readings = classifier.read_numbers([n.image for n in numbers])
+    assert np.mean([len(r.text) == 2 for r in readings]) >= 0.6
+    assert np.mean([n.text == r.text for n, r in zip(numbers, readings)]) >= 0.5
+
+
+def test_printed_numbers_in_every_font(classifier, tmp_path):
+    fonts = font_paths()
+    if not fonts:
+        pytest.skip("no DejaVu fonts here")
+    rng = np.random.default_rng(13)
+    numbers = [font_number("".join(map(str, rng.integers(0, 10, 6))), font, rng, size=int(rng.integers(30, 80)),
+                           background=BACKGROUNDS[i % 3]) for i, font in enumerate(fonts)]
+    readings = read_files(classifier, tmp_path, numbers)
+    assert np.mean([n.text == r.text for n, r in zip(numbers, readings)]) >= 0.75
+
+
+# --- boxes, order, sizes -------------------------------------------------------------------------
+
+def test_boxes_follow_the_digits_in_a_big_rotated_jpeg(classifier, mnist_test, tmp_path):
+    """Boxes are in the input's pixels after EXIF orientation, although load_image works on <= 512 px."""
+    images, labels = mnist_test
+    rng = np.random.default_rng(14)
+    number = mnist_number(images, labels, rng, length=4, height=160, background="white")
+    assert max(number.image.size) > 512
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # viewers rotate it back by 270 degrees
+    number.image.transpose(Image.Transpose.ROTATE_90).save(path, quality=95, exif=exif)
+    reading = classifier.read_number(path)
+    assert reading.text == number.text
+    boxes = [d.box for d in reading.digits]
+    assert [b[0] for b in boxes] == sorted(b[0] for b in boxes)  # left to right
+    for truth, box in zip(number.boxes, boxes):
+        assert iou(truth, box) >= 0.75, (truth, box)
+        assert 0 <= box[0] < box[2] <= number.image.width and 0 <= box[1] < box[3] <= number.image.height
+
+
+def test_digits_of_different_heights_keep_their_own_size(classifier):
+    """A short 0 beside a tall 7, with a large gap and a slope: each is fitted into 20x20 on its own."""
+    page = Image.new("L", (700, 300), 255)
+    pen = ImageDraw.Draw(page)
+    pen.text((40, 250), "7", fill=0, font=ImageFont.truetype(DEJAVU, 200), anchor="ls")
+    pen.text((420, 230), "0", fill=0, font=ImageFont.truetype(DEJAVU, 70), anchor="ls")
+    reading = classifier.read_number(page)
+    assert reading.text == "70"
+    seven, zero = (d.box for d in reading.digits)
+    assert (seven[3] - seven[1]) > 2.5 * (zero[3] - zero[1])
+    assert seven[2] < zero[0]
+
+
+def test_a_five_with_a_detached_bar_is_one_digit(classifier):
+    """The pieces of one digit (here a 5 drawn with its bar apart from the rest) are merged."""
+    page = Image.new("L", (260, 240), 255)
+    pen = ImageDraw.Draw(page)
+    pen.line((85, 40, 175, 34), fill=0, width=12)  # the bar, not touching the stroke below
+    pen.line((85, 58, 80, 110), fill=0, width=12)
+    pen.arc((60, 90, 180, 205), start=200, end=140, fill=0, width=12)
+    assert len(_components(ink_map(to_grey(page)) >= SEG_INK)[1]) == 2  # really two pieces
+    reading = classifier.read_number(page)
+    assert len(reading.digits) == 1
+    assert reading.text == "5"
+
+
+def test_confidence_is_the_product_and_digits_are_predictions(classifier):
+    page = font_number("4096", Path(DEJAVU), np.random.default_rng(0), size=60).image
+    reading = classifier.read_number(page)
+    assert reading.text == "4096"
+    assert reading.confidence == pytest.approx(np.prod([d.confidence for d in reading.digits]))
+    for d in reading.digits:
+        assert d.probabilities.shape == (10,) and d.label == int(d.probabilities.argmax())
+
+
+# --- edge cases ----------------------------------------------------------------------------------
+
+def test_no_ink_reads_as_empty(classifier):
+    for image in (Image.new("L", (300, 100), 255), Image.new("RGBA", (50, 50), (0, 0, 0, 0)),
+                  np.zeros((28, 28), np.uint8)):
+        assert classifier.read_number(image) == NumberReading("", 0.0, ())
+
+
+def test_letters_and_several_lines_do_not_crash(classifier):
+    page = Image.new("L", (500, 300), 255)
+    ImageDraw.Draw(page).multiline_text((20, 20), "ABC xyz\n12 34\n#!?", fill=0, font=ImageFont.truetype(DEJAVU, 60))
+    reading = classifier.read_number(page)
+    assert isinstance(reading.text, str) and all(c.isdigit() for c in reading.text)
+    noise = np.random.default_rng(0).integers(0, 256, (120, 400), dtype=np.uint8)
+    assert isinstance(classifier.read_number(noise), NumberReading)
+
+
+def test_a_batch_is_one_session_run(classifier, mnist_test, monkeypatch):
+    images, labels = mnist_test
+    rng = np.random.default_rng(15)
+    numbers = [mnist_number(images, labels, rng, length=int(k)) for k in (1, 4, 7)]
+    runs = []
+    real_run = classifier.session.run
+
+    def counting_run(*args, **kwargs):
+        runs.append(args[1]["rows"].shape[1])
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(classifier.session, "run", counting_run, raising=False)
+    readings = classifier.read_numbers([n.image for n in numbers])
+    assert len(runs) == 1 and runs[0] >= 12  # every candidate digit of all three images
+    assert [len(r.text) for r in readings] == [1, 4, 7]
+
+
+def test_bad_input_raises_or_is_returned(classifier, tmp_path):
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image")
+    good = font_number("12", Path(DEJAVU), np.random.default_rng(0)).image
+    with pytest.raises(ImageError, match="not an image"):
+        classifier.read_numbers([good, junk])
+    got = classifier.read_numbers([good, junk, tmp_path / "missing.png"], errors="return")
+    assert got[0].text == "12"
+    assert isinstance(got[1], ImageError) and isinstance(got[2], ImageError)
+    with pytest.raises(ValueError):
+        classifier.read_numbers([good], errors="ignore")
+
+
+# --- the CLI -------------------------------------------------------------------------------------
+
+def test_cli_reads_the_number_examples():
+    assert len(NUMBER_EXAMPLES) == 3
+    result = cli("--number", *map(str, NUMBER_EXAMPLES))
+    assert result.returncode == 0, result.stderr
+    lines = [line.split("\t") for line in result.stdout.decode().splitlines()]
+    assert [(path, text) for path, text, _ in lines] == [(str(p), p.stem.split("-")[-1]) for p in NUMBER_EXAMPLES]
+    assert all(0.5 < float(confidence) <= 1.0 for _, _, confidence in lines)
+
+
+def test_cli_json_bad_and_empty_inputs(tmp_path):
+    blank = save(Image.new("L", (200, 80), 255), tmp_path / "blank.png")
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"\xff\xd8 truncated")
+    example = str(NUMBER_EXAMPLES[0])
+    result = cli("--number", "--json", example, blank, str(junk), str(tmp_path / "missing.png"))
+    assert result.returncode == 1
+    records = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    assert [r["path"] for r in records] == [example, blank, str(junk), str(tmp_path / "missing.png")]
+    first = records[0]
+    assert first["number"] == NUMBER_EXAMPLES[0].stem.split("-")[-1]
+    assert set(first) == {"path", "number", "confidence", "digits"}
+    assert all(set(d) == {"label", "confidence", "box"} and len(d["box"]) == 4 for d in first["digits"])
+    assert records[1] == {"path": blank, "number": "", "confidence": 0.0, "digits": []}
+    assert "error" in records[2] and "error" in records[3]
+    errors = result.stderr.decode().splitlines()
+    assert len(errors) == 2 and all(e.startswith("edge-infer: ") for e in errors)
+    assert b"Traceback" not in result.stderr
+
+    plain = cli("--number", blank, "-", stdin=NUMBER_EXAMPLES[0].read_bytes())
+    assert plain.returncode == 0, plain.stderr
+    expected = [f"{blank}\t-\t0.0000", f"-\t{first['number']}\t{first['confidence']:.4f}"]
+    assert plain.stdout.decode().splitlines() == expected
+    usage = cli("--number", "--top-k", "2", example)
+    assert usage.returncode == 2 and b"--top-k" in usage.stderr
