@@ -27,7 +27,6 @@ UNSUPPORTED_SUFFIXES = frozenset({".heic", ".heif", ".avif"})
 CHUNK = 256  # images per session.run, which is also one task of a worker process
 PARALLEL_FROM = 256  # use worker processes from this many images on (starting them costs ~20 ms)
 FLUSH_EVERY = CHUNK  # output lines are written and flushed in groups of this many (one chunk's worth)
-MAX_THREADS = 64  # --threads above the usable cores is capped there by Classifier; this only bounds the option
 
 
 @dataclass
@@ -271,8 +270,8 @@ def _command() -> click.Command:
     @click.option("--model", type=click.Path(dir_okay=False), default=defaults.model,
                   help="An .onnx model from edge-export (default: the bundled one).")
     @click.option("--int8", is_flag=True, help="Use the bundled int8 model.")
-    @click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=defaults.threads, show_default=True,
-                  help="onnxruntime intra-op threads, at most the usable cores (decoding, in --jobs processes, "
+    @click.option("--threads", type=click.IntRange(1), default=defaults.threads, show_default=True,
+                  help="onnxruntime intra-op threads, capped at the usable cores (decoding, in --jobs processes, "
                        "is the larger cost).")
     @click.option("--provider", default=defaults.provider,
                   help="onnxruntime execution provider (default CPUExecutionProvider).")

@@ -43,17 +43,21 @@ def read_regular_file(path: str | os.PathLike, max_bytes: int,
         raise FileRefused("the path contains a NUL character") from None
     except OSError as error:
         raise FileRefused(describe_os_error(error)) from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise FileRefused("is a directory")
+        if not stat.S_ISREG(info.st_mode):
+            raise FileRefused("not a regular file (a FIFO, device or socket)")
+        if info.st_size > max_bytes:
+            raise FileRefused(f"file too large ({info.st_size:,} bytes, limit {max_bytes:,})")
+        if info.st_size == 0:
+            raise FileRefused("empty file")
+    except BaseException:
+        os.close(fd)
+        raise
     with open(fd, "rb", buffering=0) as file:
         try:
-            info = os.fstat(fd)
-            if stat.S_ISDIR(info.st_mode):
-                raise FileRefused("is a directory")
-            if not stat.S_ISREG(info.st_mode):
-                raise FileRefused("not a regular file (a FIFO, device or socket)")
-            if info.st_size > max_bytes:
-                raise FileRefused(f"file too large ({info.st_size:,} bytes, limit {max_bytes:,})")
-            if info.st_size == 0:
-                raise FileRefused("empty file")
             head = file.read(HEAD_BYTES)
             if check_head is not None:
                 check_head(head)
