@@ -421,3 +421,72 @@ def test_a_dead_worker_is_detected_and_its_images_retried(tmp_path, mnist_test):
     predicted = parse_lines(result.stdout)
     assert len(predicted) == 600
     assert np.mean([predicted[str(folder / f"{i:05d}.png")][0] == str(labels[i]) for i in range(600)]) > 0.95
+
+
+# --- fuzz: a Prediction or an ImageError, nothing else, in bounded time ----------------------------------------
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+FUZZ_EXAMPLES = 400 if os.environ.get("CI") else 40  # the fast tier: a few seconds; CI: longer
+FUZZ_SECONDS = 5.0  # per input; the slowest legitimate input here (a 64x64 image) takes milliseconds
+FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+def _seeds() -> list[bytes]:
+    digit = Image.open(SEVEN).convert("L").resize((48, 48))
+    out = []
+    for fmt, mode in (("PNG", "L"), ("PNG", "RGBA"), ("JPEG", "RGB"), ("GIF", "P"), ("BMP", "RGB"), ("TIFF", "L"),
+                      ("WEBP", "RGB"), ("PPM", "L"), ("ICO", "RGBA"), ("TGA", "L")):
+        buffer = io.BytesIO()
+        digit.convert(mode).save(buffer, fmt)
+        out.append(buffer.getvalue())
+    return out
+
+
+SEEDS = _seeds()
+
+
+def _classify_within_limit(classifier: Classifier, source) -> None:
+    started = time.monotonic()
+    try:
+        result = classifier.predict(source)
+    except ImageError as error:
+        assert str(error) and "\n" not in str(error)
+    else:
+        assert isinstance(result, Prediction) and np.isfinite(result.probabilities).all()
+    assert time.monotonic() - started < FUZZ_SECONDS
+
+
+@st.composite
+def mutated_images(draw) -> bytes:
+    data = bytearray(draw(st.sampled_from(SEEDS)))
+    for _ in range(draw(st.integers(0, 8))):  # overwrite bytes, headers included
+        position = draw(st.integers(0, len(data) - 1))
+        data[position] = draw(st.integers(0, 255))
+    if draw(st.booleans()):  # cut
+        data = data[:draw(st.integers(0, len(data)))]
+    if draw(st.booleans()):  # splice random bytes in
+        position = draw(st.integers(0, len(data)))
+        data[position:position] = draw(st.binary(max_size=64))
+    return bytes(data)
+
+
+@FUZZ
+@given(mutated_images())
+def test_fuzz_image_bytes(classifier, data):
+    _classify_within_limit(classifier, data)
+
+
+@FUZZ
+@given(st.one_of(
+    hnp.arrays(st.sampled_from([np.uint8, np.uint16, np.int32, np.int64, np.float32, np.float64, np.float16, bool,
+                                np.complex64]),
+               st.one_of(hnp.array_shapes(min_dims=2, max_dims=2, min_side=0, max_side=48),
+                         st.tuples(st.integers(0, 40), st.integers(0, 40), st.sampled_from([1, 2, 3, 4, 5])),
+                         hnp.array_shapes(min_dims=0, max_dims=4, max_side=6))),
+))
+def test_fuzz_arrays(classifier, array):
+    _classify_within_limit(classifier, array)
