@@ -490,3 +490,25 @@ def test_fuzz_image_bytes(classifier, data):
 ))
 def test_fuzz_arrays(classifier, array):
     _classify_within_limit(classifier, array)
+
+
+# --- decoding memory near the pixel limit -------------------------------------------------------------------
+
+def test_shrinking_in_bands_equals_shrinking_whole():
+    from edge_infer.preprocess import WORK_SIZE, _shrink
+
+    rng = np.random.default_rng(0)
+    rgba = Image.fromarray(rng.integers(0, 256, (2100, 3333, 4), dtype=np.uint8), "RGBA")
+    scale = WORK_SIZE / 3333
+    whole = rgba.reduce(int(1 / scale)).resize((WORK_SIZE, round(2100 * scale)), Image.Resampling.BOX)
+    np.testing.assert_array_equal(np.asarray(_shrink(rgba)), np.asarray(whole))
+
+
+def test_a_40_megapixel_png_is_shrunk_without_full_size_copies(tmp_path):
+    side = int(MAX_PIXELS ** 0.5) - 10
+    Image.new("RGBA", (side, side)).save(tmp_path / "big.png")  # ~160 KB on disk, 160 MB decoded
+    code = ("import resource, sys; from edge_infer import preprocess; preprocess(sys.argv[1]); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
+    peak = int(subprocess.run([sys.executable, "-c", code, str(tmp_path / "big.png")], capture_output=True,
+                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True, timeout=120).stdout)
+    assert peak < 300 * 2**20, f"{peak / 2**20:.0f} MiB"  # the decoded image is 160 MB; a full copy made 360
