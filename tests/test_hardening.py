@@ -512,3 +512,38 @@ def test_a_40_megapixel_png_is_shrunk_without_full_size_copies(tmp_path):
     peak = int(subprocess.run([sys.executable, "-c", code, str(tmp_path / "big.png")], capture_output=True,
                               cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True, timeout=120).stdout)
     assert peak < 300 * 2**20, f"{peak / 2**20:.0f} MiB"  # the decoded image is 160 MB; a full copy made 360
+
+
+def test_pillow_warnings_do_not_leak(tmp_path):
+    """A damaged TIFF on which Pillow warns ('Tag data larger than file', 'Corrupt EXIF data'): neither the
+    library nor the CLI lets the warning through; the CLI prints one line or the prediction."""
+    import random
+    import warnings
+
+    seed = io.BytesIO()
+    Image.open(SEVEN).convert("L").resize((48, 48)).save(seed, "TIFF")
+    rng = random.Random(0)
+    for _ in range(5000):
+        data = bytearray(seed.getvalue())
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                Image.open(io.BytesIO(bytes(data))).load()
+            except Exception:
+                pass
+        if caught:
+            break
+    assert caught, "no mutation made Pillow warn"
+    (tmp_path / "warns.tif").write_bytes(bytes(data))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            preprocess(bytes(data))
+        except ImageError:
+            pass
+    assert caught == []
+    result = cli(str(tmp_path / "warns.tif"))
+    assert len(result.stderr.decode().strip().splitlines()) == (0 if result.returncode == 0 else 1)
+    assert "Warning" not in result.stderr.decode()
