@@ -18,8 +18,8 @@ import re
 import subprocess
 import sys
 
-from benchlib import ROOT, add_common_args, console_script, machine_header, median, mib, run_child, section, table, \
-    target, timed
+from benchlib import ROOT, add_common_args, console_script, machine_header, median, mib, run_child, section, \
+    table, target, timed
 
 RUNS = 7  # per command; --quick: 5 (the least that makes a median worth printing)
 TARGET_RATIO, TARGET_EXTRA_RSS = 1.25, 10 * 2**20  # against the floor, measured in the same run

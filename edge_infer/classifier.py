@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal, Sequence, overload
+from typing import Literal, overload
 
 import numpy as np
 import onnxruntime as ort
@@ -24,10 +25,10 @@ from edge_infer.model_info import INPUT_NAME, OUTPUT_NAME, PIXELS, STEPS, ModelI
 from edge_infer.preprocess import ImageError, ImageInput, preprocess
 
 try:  # CPython's own sha256 (HACL*), not OpenSSL's: importing hashlib loads libcrypto, +3.6 MiB at start-up
-    from _sha2 import sha256  # Python >= 3.12
+    from _sha2 import sha256  # type: ignore[import-not-found]  # Python >= 3.12
 except ImportError:
     try:
-        from _sha256 import sha256  # type: ignore[no-redef]  # Python <= 3.11
+        from _sha256 import sha256  # type: ignore[no-redef,import-not-found]  # Python <= 3.11
     except ImportError:
         from hashlib import sha256  # type: ignore[no-redef,assignment]
 
@@ -221,7 +222,7 @@ class Classifier:
                                  f"{int((~np.isfinite(logits).all(axis=1)).sum())} of {len(logits)} images")
             probabilities = softmax(logits)
             labels = probabilities.argmax(axis=1)
-            for index, p, label in zip(np.flatnonzero(found), probabilities, labels):
+            for index, p, label in zip(np.flatnonzero(found), probabilities, labels, strict=True):
                 confidence = float(p[label])
                 sure = confidence >= self.min_confidence
                 results[index] = Prediction(int(label) if sure else -1, confidence, p, guess=int(label))

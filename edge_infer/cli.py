@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from edge_infer.classifier import Classifier, ModelError, Prediction, usable_cpus
-from edge_infer.files import describe_os_error
-from edge_infer.preprocess import ImageError
+from edge_infer.preprocess import ImageError, ImageInput
 
 if TYPE_CHECKING:
     import click
@@ -97,7 +97,8 @@ def expand(paths: tuple[str, ...] | list[str]) -> Iterator[tuple[str, ImageError
 def classify_chunk(classifier: Classifier, paths: list[str], stdin: bytes | None = None
                    ) -> list[Prediction | ImageError]:
     """A prediction or an ImageError for each path, with one session.run for them all."""
-    return classifier.predict_many([stdin if path == "-" else path for path in paths], errors="return")
+    images: list[ImageInput] = [stdin if path == "-" and stdin is not None else path for path in paths]
+    return classifier.predict_many(images, errors="return")
 
 
 _worker_classifier: Classifier | None = None
@@ -114,7 +115,7 @@ def _classify_in_worker(paths: list[str]) -> list[Prediction | ImageError]:
 
 
 def classify_all(paths: list[str], stdin: bytes | None, classifier: Classifier, options: dict, jobs: int
-                 ) -> Iterator[Prediction | ImageError]:
+                 ) -> Generator[Prediction | ImageError, None, None]:
     """classify_chunk over all paths, in order, CHUNK at a time. Many images are decoded and classified
     by `jobs` worker processes, which send back only the predictions."""
     chunks = [paths[start:start + CHUNK] for start in range(0, len(paths), CHUNK)]
@@ -137,7 +138,7 @@ def _classify_in_workers(chunks: list[list[str]], classifier: Classifier, option
     warned = False
     try:
         futures = [pool.submit(_classify_in_worker, chunk) for chunk in chunks]
-        for chunk, future in zip(chunks, futures):
+        for chunk, future in zip(chunks, futures, strict=True):
             try:
                 results = future.result()
             except BrokenProcessPool:
@@ -228,8 +229,8 @@ def run(paths: tuple[str, ...] | list[str], options: Options) -> None:
     failed = False
     lines: list[str] = []
     try:
-        for index, (path, error) in enumerate(inputs, 1):
-            result = error if error is not None else next(predicted)
+        for index, (path, refused) in enumerate(inputs, 1):
+            result = refused if refused is not None else next(predicted)
             if isinstance(result, ImageError):
                 failed = True
                 sys.stderr.write(format_error(path, result, False) + "\n")
@@ -245,10 +246,10 @@ def run(paths: tuple[str, ...] | list[str], options: Options) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         sys.exit(1)
-    except ModelError as error:  # e.g. NaN logits: what was printed stays printed
+    except ModelError as broken:  # e.g. NaN logits: what was printed stays printed
         if lines:
             sys.stdout.write("\n".join(lines) + "\n")
-        _die(str(error))
+        _die(str(broken))
     finally:
         predicted.close()  # stops worker processes, if any
     sys.exit(1 if failed else 0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Callable
+from collections.abc import Callable
 
 HEAD_BYTES = 32  # what format sniffers get to see before the rest of the file is read
 
@@ -33,7 +33,7 @@ def describe_os_error(error: OSError) -> str:
 
 
 def read_regular_file(path: str | os.PathLike, max_bytes: int,
-                      check_head: Callable[[bytes], None] | None = None) -> bytes:
+                      check_head: Callable[[bytes], object] | None = None) -> bytes:
     """The whole file, if it is a regular file of 1..max_bytes bytes whose first HEAD_BYTES bytes pass
     check_head (which raises to refuse). Raises FileRefused with a one-line reason otherwise."""
     try:

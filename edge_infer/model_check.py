@@ -14,7 +14,7 @@ skips the rest, in well under a millisecond for the bundled models.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 # (domain, op_type) edge-export writes; "" is the default ONNX domain (also spelled "ai.onnx").
 ALLOWED_OPS = frozenset(

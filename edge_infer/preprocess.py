@@ -26,7 +26,8 @@ from PIL import Image
 
 from edge_infer.files import HEAD_BYTES, FileRefused, read_regular_file
 
-__all__ = ["ImageError", "ImageInput", "MAX_FILE_BYTES", "MAX_PIXELS", "load_image", "to_grey", "to_mnist", "preprocess"]
+__all__ = ["ImageError", "ImageInput", "MAX_FILE_BYTES", "MAX_PIXELS", "load_image", "to_grey", "to_mnist",
+           "preprocess"]
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
@@ -92,8 +93,8 @@ def sniff_format(head: bytes) -> str:
                                                b"msf1", b"avif", b"avis"):
         raise ImageError("HEIC/HEIF/AVIF images are not supported; convert it to JPEG or PNG")
     # TGA has no signature: accept only a plausible header (colour map 0/1, a known image type, a known depth)
-    if len(head) >= 18 and head[1] in (0, 1) and head[2] in (1, 2, 3, 9, 10, 11) and head[16] in (1, 8, 15, 16, 24, 32) \
-            and head[12:14] != b"\0\0" and head[14:16] != b"\0\0":
+    if (len(head) >= 18 and head[1] in (0, 1) and head[2] in (1, 2, 3, 9, 10, 11)
+            and head[16] in (1, 8, 15, 16, 24, 32) and head[12:14] != b"\0\0" and head[14:16] != b"\0\0"):
         return "TGA"
     raise ImageError("not an image (unrecognised format)")
 
@@ -273,7 +274,8 @@ def _shrink(img: Image.Image) -> Image.Image:
         mode = "I"  # 16/32-bit integers are averaged as 32-bit integers, then scaled like to_grey does
     elif mode not in ("L", "LA", "RGB", "RGBA", "F"):
         mode = "RGB"  # CMYK, YCbCr, LAB, HSV
-    divisor = 65535.0 if img.mode.startswith("I") and (img.mode != "I" or img.getextrema()[1] > 255) else 255.0  # type: ignore[operator]
+    wide = img.mode.startswith("I") and (img.mode != "I" or img.getextrema()[1] > 255)  # type: ignore[operator]
+    divisor = 65535.0 if wide else 255.0
     scale = WORK_SIZE / max(img.size)
     size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
     factor = int(1 / scale)

@@ -2,6 +2,7 @@
 output, photos too big to decode naively. Every hostile file is made here, by the test."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -21,7 +22,7 @@ from edge_infer.classifier import bundled_model_path, usable_cpus
 from edge_infer.preprocess import FORMAT_PLUGINS, MAX_PIXELS, load_image
 
 from .conftest import ROOT
-from .test_runtime import EXAMPLES, cli, parse_lines
+from .test_runtime import cli, parse_lines
 
 SEVEN = ROOT / "examples" / "mnist-7.png"
 
@@ -383,7 +384,7 @@ def test_min_confidence_says_not_sure_and_keeps_the_guess(tmp_path, mnist_test):
     cautious = Classifier(min_confidence=threshold).predict_batch(list(images))
     unsure = [i for i, p in enumerate(cautious) if p.unsure]
     assert 0 < len(unsure) < len(images) // 5
-    for p, q in zip(plain, cautious):
+    for p, q in zip(plain, cautious, strict=True):
         assert q.digit_found and q.guess == p.label and q.confidence == p.confidence
         assert (q.label == -1) == q.unsure == (p.confidence < threshold)
     path = tmp_path / "unsure.png"
@@ -529,20 +530,16 @@ def test_pillow_warnings_do_not_leak(tmp_path):
             data[rng.randrange(len(data))] = rng.randrange(256)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            try:
+            with contextlib.suppress(Exception):
                 Image.open(io.BytesIO(bytes(data))).load()
-            except Exception:
-                pass
         if caught:
             break
     assert caught, "no mutation made Pillow warn"
     (tmp_path / "warns.tif").write_bytes(bytes(data))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
+        with contextlib.suppress(ImageError):
             preprocess(bytes(data))
-        except ImageError:
-            pass
     assert caught == []
     result = cli(str(tmp_path / "warns.tif"))
     assert len(result.stderr.decode().strip().splitlines()) == (0 if result.returncode == 0 else 1)
