@@ -313,9 +313,9 @@ def _exit_now(code: object) -> None:
     if code is not None and not isinstance(code, int):
         sys.stderr.write(f"{code}\n")
         code = 1
+    import contextlib
+
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(BrokenPipeError, ValueError):  # a closed pipe (e.g. `| head`) or stream
             stream.flush()
-        except (BrokenPipeError, ValueError):  # a closed pipe (e.g. `| head`) or a closed stream
-            pass
     os._exit(code or 0)
