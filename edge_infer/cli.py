@@ -304,6 +304,9 @@ def main(args: list[str] | None = None) -> None:
         code: object = 0
     except SystemExit as done:
         code = done.code
+    except KeyboardInterrupt:  # Ctrl-C: what was printed stays printed, no traceback
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        code = 130
     _exit_now(code)
 
 
