@@ -24,7 +24,8 @@ ALLOWED_OPS = frozenset(
         "RNN", "GRU", "LSTM",  # --form node
         "DynamicQuantizeLinear", "MatMulInteger", "Cast", "QuantizeLinear", "DequantizeLinear",  # int8
     )]
-    + [("com.microsoft", op) for op in ("DynamicQuantizeMatMul", "MatMulIntegerToFloat", "FusedGemm")]
+    + [("com.microsoft", op) for op in ("DynamicQuantizeMatMul", "DynamicQuantizeLSTM", "MatMulIntegerToFloat",
+                                                    "FusedGemm")]
 )
 
 WIRE_VARINT, WIRE_64, WIRE_BYTES, WIRE_32 = 0, 1, 2, 5

@@ -103,6 +103,24 @@ def test_the_exporters_own_forms_pass_the_inspection():
         assert Classifier(path.read_bytes()).predict(SEVEN).label == 7
 
 
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_every_form_edge_export_writes_passes_the_inspection(cell):
+    """The allowed operators are exactly enough: every cell, 1 and 2 layers, every graph form and int8."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from edge_infer.model_check import check_model_bytes
+    from export.export import quantize_int8
+    from export.graph import FORMS, build_model
+    from train.model import DigitRNN, ModelConfig
+
+    for layers in (1, 2):
+        torch.manual_seed(0)
+        state = {k: v.detach().numpy() for k, v in DigitRNN(ModelConfig(cell, 16, layers)).state_dict().items()}
+        for form in FORMS:
+            check_model_bytes(build_model(state, cell, 16, layers, form=form).SerializeToString())
+        check_model_bytes(quantize_int8(build_model(state, cell, 16, layers, gemm=False)).SerializeToString())
+
+
 def test_model_paths_that_are_not_sane_files(tmp_path):
     fifo = tmp_path / "model.fifo"
     os.mkfifo(fifo)
