@@ -3,24 +3,34 @@
     clf = Classifier()                      # the bundled fp32 model
     clf.predict("digit.png").label          # -> 7
 
-One Classifier may be shared by many threads: onnxruntime's InferenceSession.run is thread-safe, and the
-one piece of state that changes, the all-cores session made on first use, is created under a lock.
+One Classifier may be shared by many threads: onnxruntime's InferenceSession.run is thread-safe, and its
+only mutable state, the all-cores session for large batches, is created once under a lock.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Literal, overload
 
 import numpy as np
 import onnxruntime as ort
 
+from edge_infer.files import FileRefused, read_regular_file
+from edge_infer.model_check import NotOnnx, UnsafeModel, check_model_bytes
 from edge_infer.model_info import INPUT_NAME, OUTPUT_NAME, PIXELS, STEPS, ModelInfo, to_rows
-from edge_infer.preprocess import ImageInput, preprocess
+from edge_infer.preprocess import ImageError, ImageInput, preprocess
+
+try:  # CPython's own sha256 (HACL*), not OpenSSL's: importing hashlib loads libcrypto, +3.6 MiB at start-up
+    from _sha2 import sha256  # type: ignore[import-not-found]  # Python >= 3.12
+except ImportError:
+    try:
+        from _sha256 import sha256  # type: ignore[no-redef,import-not-found]  # Python <= 3.11
+    except ImportError:
+        from hashlib import sha256  # type: ignore[no-redef,assignment]
 
 if TYPE_CHECKING:
     from edge_infer.number import NumberReading
@@ -32,6 +42,7 @@ NO_INK = 1e-3  # a preprocessed image with less total ink than this holds no dig
 # With threads=None, batches this large run on all cores; smaller ones on one thread, where a thread pool
 # only adds wake-up latency (see benchmarks/: 1 thread is fastest up to batch 64 here).
 PARALLEL_BATCH = 256
+MAX_MODEL_BYTES = 256 * 2**20  # a model file larger than this is refused before reading (the bundled: ~0.2 MB)
 
 
 class ModelError(ValueError):
@@ -40,13 +51,24 @@ class ModelError(ValueError):
 
 @dataclass(frozen=True)
 class Prediction:
-    label: int  # the most likely digit; -1 when no digit was found
-    confidence: float  # its probability (0.0 when no digit was found)
+    label: int  # the most likely digit; -1 when no digit was found, or when unsure (see min_confidence)
+    confidence: float  # the most likely digit's probability (0.0 when no digit was found)
     probabilities: np.ndarray = field(repr=False)  # float32 [10]; all zeros when no digit was found
+    guess: int | None = None  # the most likely digit whenever ink was found (== label unless unsure)
+
+    def __post_init__(self) -> None:
+        if self.guess is None and self.label >= 0:
+            object.__setattr__(self, "guess", self.label)
 
     @property
     def digit_found(self) -> bool:
-        return self.label >= 0
+        """Ink was found, so there is a guess (which may still be unsure)."""
+        return self.guess is not None
+
+    @property
+    def unsure(self) -> bool:
+        """A digit was found, but its probability is below the Classifier's min_confidence: label is -1."""
+        return self.guess is not None and self.label < 0
 
     def top_k(self, k: int) -> list[tuple[int, float]]:
         """The k most likely (digit, probability) pairs, most likely first."""
@@ -72,7 +94,7 @@ def _read_bundled(int8: bool) -> bytes:
     except (OSError, ValueError, KeyError) as error:
         raise ModelError(f"bundled model {path.name} is missing or its provenance is unreadable ({error}); "
                          f"reinstall edge-infer") from None
-    if hashlib.sha256(blob).hexdigest() != expected:
+    if sha256(blob).hexdigest() != expected:
         raise ModelError(f"bundled model {path} is damaged (sha256 mismatch); reinstall edge-infer")
     return blob
 
@@ -85,10 +107,15 @@ class Classifier:
     threads:  onnxruntime intra-op threads. None: 1 thread for batches below PARALLEL_BATCH and one per
               core for larger ones (each setting is the faster one there; see benchmarks/).
     provider: an onnxruntime execution provider name (default CPUExecutionProvider).
+    min_confidence: below this top probability the answer is "not sure": label -1, with the most likely digit
+              kept in Prediction.guess (Prediction.unsure is True). 0 (the default) always answers.
+
+    The model is inspected before onnxruntime sees it (edge_infer.model_check): external data, operators
+    edge-export never writes, subgraphs and files that are not regular or over MAX_MODEL_BYTES are refused.
     """
 
     def __init__(self, model: str | os.PathLike | bytes | None = None, *, int8: bool = False,
-                 threads: int | None = None, provider: str | None = None) -> None:
+                 threads: int | None = None, provider: str | None = None, min_confidence: float = 0.0) -> None:
         if model is None:
             blob, self.source = _read_bundled(int8), str(bundled_model_path(int8))
         elif int8:
@@ -98,11 +125,18 @@ class Classifier:
         else:
             self.source = os.fspath(model)
             try:
-                blob = Path(self.source).read_bytes()
-            except OSError as error:
-                raise ModelError(f"cannot read model {self.source}: {error.strerror or error}") from None
+                blob = read_regular_file(self.source, MAX_MODEL_BYTES)
+            except FileRefused as error:
+                raise ModelError(f"cannot read model {self.source}: {error}") from None
         if threads is not None and threads < 1:
             raise ModelError(f"threads must be >= 1, not {threads}")
+        if threads is not None:
+            threads = min(threads, usable_cpus())  # more threads than cores only adds contention
+        if not 0.0 <= min_confidence <= 1.0:
+            raise ModelError(f"min_confidence must lie in [0, 1], not {min_confidence}")
+        self.min_confidence = float(min_confidence)
+        if model is not None:  # (the bundled models are verified by their sha256 instead)
+            self._inspect(blob)
         provider = provider or "CPUExecutionProvider"
         available = ort.get_available_providers()
         if provider not in available:
@@ -117,6 +151,31 @@ class Classifier:
             self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map)
         except ValueError as error:
             raise ModelError(f"{self.source}: {error}") from None
+        self._probe()
+
+    def _inspect(self, blob: bytes) -> None:
+        """Refuse what is not an edge-export model before onnxruntime parses it (see model_check)."""
+        try:
+            check_model_bytes(blob)
+        except NotOnnx as error:
+            checkpoint = blob[:4] == b"PK\x03\x04" or blob[:1] == b"\x80"  # torch.save: a zip, or a pickle
+            hint = "is it a checkpoint? run edge-export" if checkpoint else error
+            raise ModelError(f"cannot load model {self.source}: not an ONNX model ({hint})") from None
+        except UnsafeModel as error:
+            raise ModelError(f"refusing model {self.source}: {error}") from None
+
+    def _probe(self) -> None:
+        """One run on a blank batch of 1: the output must be [1, 10] and finite (a model with NaN weights is
+        refused here, not answered with label 0 and confidence nan)."""
+        try:
+            logits = self.session.run([OUTPUT_NAME], {INPUT_NAME: np.zeros((STEPS, 1, PIXELS), np.float32)})[0]
+        except Exception as error:
+            raise ModelError(f"cannot run model {self.source}: {_first_line(error)}") from None
+        if logits.shape != (1, 10):
+            raise ModelError(f"{self.source} is not an edge-infer digit model: for 1 image it outputs "
+                             f"{OUTPUT_NAME}{list(logits.shape)}, expected [1, 10]")
+        if not np.isfinite(logits).all():
+            raise ModelError(f"model {self.source} is broken: its logits are NaN or infinite")
 
     def _new_session(self, threads: int) -> ort.InferenceSession:
         options = ort.SessionOptions()
@@ -129,8 +188,7 @@ class Classifier:
         try:
             return ort.InferenceSession(self._blob, options, providers=[self._provider])
         except Exception as error:  # onnxruntime raises its own exception types for bad files
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ModelError(f"cannot load model {self.source}: {first[:300]}") from None
+            raise ModelError(f"cannot load model {self.source}: {_first_line(error)}") from None
 
     def _session_for(self, batch: int) -> ort.InferenceSession:
         if self.threads is not None or batch < PARALLEL_BATCH or usable_cpus() < 2:
@@ -143,7 +201,8 @@ class Classifier:
     def _check_interface(self) -> None:
         """Refuse foreign models up front rather than failing on the first image."""
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        got = ", ".join(f"{i.name}{list(i.shape)}" for i in inputs)
+        got = (", ".join(f"{i.name}{list(i.shape)}" for i in inputs) + " -> "
+               + ", ".join(f"{o.name}{list(o.shape)}" for o in outputs))
         ok = (len(inputs) == 1 and inputs[0].name == INPUT_NAME and len(inputs[0].shape) == 3
               and inputs[0].shape[0] == STEPS and inputs[0].shape[2] == PIXELS
               and any(o.name == OUTPUT_NAME and len(o.shape) == 2 and o.shape[1] == 10 for o in outputs))
@@ -161,10 +220,15 @@ class Classifier:
         if found.any():
             rows = to_rows(digits[found])  # [28, n, 28]: time-major
             logits = self._session_for(rows.shape[1]).run([OUTPUT_NAME], {INPUT_NAME: rows})[0]
+            if not np.isfinite(logits).all():
+                raise ModelError(f"model {self.source} is broken: its logits are NaN or infinite for "
+                                 f"{int((~np.isfinite(logits).all(axis=1)).sum())} of {len(logits)} images")
             probabilities = softmax(logits)
             labels = probabilities.argmax(axis=1)
-            for index, p, label in zip(np.flatnonzero(found), probabilities, labels):
-                results[index] = Prediction(int(label), float(p[label]), p)
+            for index, p, label in zip(np.flatnonzero(found), probabilities, labels, strict=True):
+                confidence = float(p[label])
+                sure = confidence >= self.min_confidence
+                results[index] = Prediction(int(label) if sure else -1, confidence, p, guess=int(label))
         return results
 
     def predict(self, image: ImageInput) -> Prediction:
@@ -173,10 +237,38 @@ class Classifier:
 
     def predict_batch(self, images: Sequence[ImageInput] | Iterable[ImageInput]) -> list[Prediction]:
         """Classify many images with one session.run. Raises ImageError on the first unreadable image."""
-        digits = [preprocess(image) for image in images]
-        if not digits:
-            return []
-        return self.classify(np.stack(digits))
+        return self.predict_many(images)
+
+    @overload
+    def predict_many(self, images: Iterable[ImageInput], errors: Literal["raise"] = "raise") -> list[Prediction]: ...
+
+    @overload
+    def predict_many(self, images: Iterable[ImageInput], errors: Literal["return"]
+                     ) -> list[Prediction | ImageError]: ...
+
+    def predict_many(self, images: Iterable[ImageInput], errors: Literal["raise", "return"] = "raise"
+                     ) -> list[Prediction] | list[Prediction | ImageError]:
+        """Classify many images with one session.run for all the readable ones.
+
+        errors="raise": raise ImageError on the first unreadable image. errors="return": put the ImageError in
+        that image's place instead, so one bad image never stops the others (a decoder bug's exception
+        becomes an ImageError too). Messages name no path: the caller knows which input it was.
+        """
+        if errors not in ("raise", "return"):
+            raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
+        digits: list[np.ndarray] = []
+        failures: list[ImageError | None] = []
+        for image in images:
+            try:
+                digits.append(preprocess(image))
+                failures.append(None)
+            except Exception as error:
+                if errors == "raise":
+                    raise
+                failures.append(error if isinstance(error, ImageError) else ImageError(
+                    f"unexpected {type(error).__name__} while reading the image: {_first_line(error)[:200]}"))
+        predictions = iter(self.classify(np.stack(digits)) if digits else [])
+        return [next(predictions) if failure is None else failure for failure in failures]
 
     def read_number(self, image: ImageInput) -> NumberReading:
         """Read all the digits of one line of digits (a number) in one image; see edge_infer.number."""
@@ -185,9 +277,10 @@ class Classifier:
         return reading
 
     def read_numbers(self, images: Sequence[ImageInput] | Iterable[ImageInput], errors: str = "raise"
-                     ) -> list[NumberReading | Exception]:
+                     ) -> list[NumberReading | ImageError]:
         """read_number for many images, all their candidate digits in one session.run. errors="raise" raises
-        ImageError on the first unreadable image; errors="return" puts the exception in its place instead."""
+        ImageError on the first unreadable image; errors="return" puts the ImageError in its place instead
+        (as predict_many does)."""
         from edge_infer.number import decide, plan_number  # the number reader loads only when used
 
         if errors not in ("raise", "return"):
@@ -199,13 +292,19 @@ class Classifier:
             except Exception as error:  # with "return", even a decoder bug must not lose the other images
                 if errors == "raise":
                     raise
-                plans.append(error)
+                plans.append(error if isinstance(error, ImageError) else ImageError(
+                    f"unexpected {type(error).__name__} while reading the image: {_first_line(error)[:200]}"))
         good = [plan for plan in plans if not isinstance(plan, Exception)]
         counts = [len(plan.digits) for plan in good]
         predictions = self.classify(np.concatenate([plan.digits for plan in good])) if sum(counts) else []
         offsets = np.cumsum([0] + counts).tolist()
         readings = iter([decide(plan, predictions[offsets[i]:offsets[i + 1]]) for i, plan in enumerate(good)])
         return [plan if isinstance(plan, Exception) else next(readings) for plan in plans]
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 def usable_cpus() -> int:

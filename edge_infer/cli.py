@@ -1,74 +1,107 @@
 """edge-infer: classify digit images from files, directories or stdin. A thin shell over Classifier.
 
 Exit codes: 0 every image classified, 1 some input failed (the rest are still printed), 2 usage error.
+
+Start-up is kept near the floor of importing onnxruntime, numpy and Pillow: plain `edge-infer PATH...` (no
+options) never imports the option parser, and worker processes, JSON and the like are imported only when used.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
-from dataclasses import asdict
-from typing import Iterator
-
-import click
-import numpy as np
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from edge_infer.classifier import Classifier, ModelError, Prediction, usable_cpus
-from edge_infer.number import NumberReading
-from edge_infer.preprocess import ImageError, preprocess
+from edge_infer.preprocess import ImageError, ImageInput
 
+if TYPE_CHECKING:
+    import click
+
+    from edge_infer.number import NumberReading  # loaded only by --number (start-up stays lean)
+
+PROG = "edge-infer"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm",
                             ".pbm", ".pnm", ".ico", ".tga"})
-CHUNK = 256  # images per session.run, and per task of a worker process
+# Phone photo formats found in directories are reported rather than skipped silently.
+UNSUPPORTED_SUFFIXES = frozenset({".heic", ".heif", ".avif"})
+CHUNK = 256  # images per session.run, which is also one task of a worker process
 PARALLEL_FROM = 256  # use worker processes from this many images on (starting them costs ~20 ms)
+FLUSH_EVERY = CHUNK  # output lines are written and flushed in groups of this many (one chunk's worth)
+
+
+@dataclass
+class Options:
+    """The command line's settings; their defaults are the defaults of the options below."""
+    as_json: bool = False
+    top_k: int = 1
+    model: str | None = None
+    int8: bool = False
+    threads: int = 1
+    provider: str | None = None
+    jobs: int | None = None
+    info: bool = False
+    min_confidence: float = 0.0
+    number: bool = False  # read each image as one number (a line of digits)
+
+    def classifier_options(self) -> dict:
+        return {"model": self.model, "int8": self.int8, "threads": self.threads, "provider": self.provider,
+                "min_confidence": self.min_confidence}
 
 
 def _die(message: str) -> None:
-    click.echo(f"edge-infer: error: {message}", err=True)
+    sys.stderr.write(f"{PROG}: error: {' '.join(message.split())}\n")
     sys.exit(2)
 
 
-def expand(paths: tuple[str, ...]) -> Iterator[tuple[str, str | None]]:
-    """(display path, error or None) for every input: files as given, directories walked recursively
+def display(path: str) -> str:
+    """A path as printed: undecodable bytes as \\xNN, and backslash, tab, CR and newline escaped (\\\\, \\t,
+    \\r, \\n) so that one image is always one line and three TSV columns."""
+    if "\\" in path or "\t" in path or "\n" in path or "\r" in path:
+        path = path.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # os.fsdecode's surrogate escapes for bytes that are not UTF-8
+        path = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return path
+
+
+def expand(paths: tuple[str, ...] | list[str]) -> Iterator[tuple[str, ImageError | None]]:
+    """(path, error or None) for every input: files as given, directories walked recursively
     (image files only, sorted), '-' for stdin."""
     for path in paths:
-        if path == "-" or os.path.isfile(path):
+        if path == "-":
             yield path, None
-        elif os.path.isdir(path):
-            found = False
-            for root, dirs, files in os.walk(path):
-                dirs.sort()
-                for name in sorted(files):
-                    if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
-                        found = True
-                        yield os.path.join(root, name), None
-            if not found:
-                yield path, "directory holds no image files"
-        elif os.path.exists(path):
-            yield path, "not a regular file"
-        else:
-            yield path, "no such file or directory"
+            continue
+        try:
+            is_dir = os.path.isdir(path)
+        except ValueError:  # a NUL in the path: Classifier reports it
+            is_dir = False
+        if not is_dir:
+            yield path, None  # a file, or not: reading it says which (one message for each problem)
+            continue
+        found = False
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                suffix = os.path.splitext(name)[1].lower()
+                if suffix in IMAGE_SUFFIXES:
+                    found = True
+                    yield os.path.join(root, name), None
+                elif suffix in UNSUPPORTED_SUFFIXES:
+                    found = True
+                    yield os.path.join(root, name), ImageError(
+                        f"{suffix[1:].upper()} images are not supported; convert it to JPEG or PNG")
+        if not found:
+            yield path, ImageError("directory holds no image files")
 
 
-def load_digit(path: str, stdin: bytes | None = None) -> np.ndarray | str:
-    """The preprocessed digit, or a one-line error message."""
-    try:
-        return preprocess(stdin if path == "-" else path)
-    except ImageError as error:
-        # the path is printed beside the message anyway (stdin's bytes are named "image bytes")
-        name = "image bytes" if path == "-" else path
-        return str(error).replace(f": {name}", "").replace(f"{name}: ", "")
-    except Exception as error:  # a decoder bug must not take the rest of the batch down
-        return f"unexpected {type(error).__name__}: {' '.join(str(error).split())[:200]}"
-
-
-def classify_paths(classifier: Classifier, paths: list[str], stdin: bytes | None = None
-                   ) -> list[Prediction | str]:
-    """A prediction or a one-line error for each path, with one session.run for them all."""
-    loaded = [load_digit(path, stdin) for path in paths]
-    digits = [d for d in loaded if not isinstance(d, str)]
-    predictions = iter(classifier.classify(np.stack(digits)) if digits else [])
-    return [result if isinstance(result, str) else next(predictions) for result in loaded]
+def classify_chunk(classifier: Classifier, paths: list[str], stdin: bytes | None = None
+                   ) -> list[Prediction | ImageError]:
+    """A prediction or an ImageError for each path, with one session.run for them all."""
+    images: list[ImageInput] = [stdin if path == "-" and stdin is not None else path for path in paths]
+    return classifier.predict_many(images, errors="return")
 
 
 _worker_classifier: Classifier | None = None
@@ -79,136 +112,161 @@ def _start_worker(options: dict) -> None:
     _worker_classifier = Classifier(**options)  # its own session: onnxruntime's don't survive a fork
 
 
-def _classify_in_worker(paths: list[str]) -> list[Prediction | str]:
-    return classify_paths(_worker_classifier, paths)
+def _classify_in_worker(paths: list[str]) -> list[Prediction | ImageError]:
+    assert _worker_classifier is not None
+    return classify_chunk(_worker_classifier, paths)
 
 
 def classify_all(paths: list[str], stdin: bytes | None, classifier: Classifier, options: dict, jobs: int
-                 ) -> Iterator[Prediction | str]:
-    """classify_paths over all paths, in order, CHUNK at a time. Many images are decoded and classified
+                 ) -> Generator[Prediction | ImageError, None, None]:
+    """classify_chunk over all paths, in order, CHUNK at a time. Many images are decoded and classified
     by `jobs` worker processes, which send back only the predictions."""
     chunks = [paths[start:start + CHUNK] for start in range(0, len(paths), CHUNK)]
     if jobs > 1 and len(paths) >= PARALLEL_FROM and stdin is None and hasattr(os, "fork"):
-        import multiprocessing
-
-        with multiprocessing.get_context("fork").Pool(min(jobs, len(chunks)), _start_worker, (options,)) as pool:
-            for results in pool.imap(_classify_in_worker, chunks):
-                yield from results
+        yield from _classify_in_workers(chunks, classifier, options, min(jobs, len(chunks)))
     else:
         for chunk in chunks:
-            yield from classify_paths(classifier, chunk, stdin)
+            yield from classify_chunk(classifier, chunk, stdin)
+
+
+def _classify_in_workers(chunks: list[list[str]], classifier: Classifier, options: dict, jobs: int
+                         ) -> Iterator[Prediction | ImageError]:
+    """Chunks classified by worker processes, in order. A worker that dies (the OOM killer, a decoder crash)
+    is noticed at once; the chunks it took down are classified again here, once, so the CLI always ends."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    pool = ProcessPoolExecutor(jobs, multiprocessing.get_context("fork"), _start_worker, (options,))
+    warned = False
+    try:
+        futures = [pool.submit(_classify_in_worker, chunk) for chunk in chunks]
+        for chunk, future in zip(chunks, futures, strict=True):
+            try:
+                results = future.result()
+            except BrokenProcessPool:
+                if not warned:
+                    sys.stderr.write(f"{PROG}: warning: a decoding process died; classifying its images "
+                                     f"again in the main process\n")
+                    warned = True
+                results = classify_chunk(classifier, chunk)
+            yield from results
+    finally:
+        pool.shutdown(wait=not warned, cancel_futures=True)
+
+
+def _round(value: float) -> float:
+    return round(float(value), 6)
 
 
 def format_line(path: str, prediction: Prediction, top_k: int, as_json: bool) -> str:
+    """One output line; path as given (it is escaped here with display())."""
     if as_json:
-        record = {"path": path, "label": prediction.label if prediction.digit_found else None,
-                  "confidence": round(prediction.confidence, 6),
-                  "probabilities": [round(float(p), 6) for p in prediction.probabilities]}
+        import json
+
+        record: dict = {"path": display(path), "label": prediction.label if prediction.label >= 0 else None,
+                        "confidence": _round(prediction.confidence),
+                        "probabilities": [_round(p) for p in prediction.probabilities]}
         if not prediction.digit_found:
             record["no_digit"] = True
+        elif prediction.unsure:
+            record["unsure"], record["guess"] = True, prediction.guess
         if top_k > 1:
-            record["top_k"] = [[d, round(p, 6)] for d, p in prediction.top_k(top_k)]
-        return json.dumps(record)
+            record["top_k"] = [[d, _round(p)] for d, p in prediction.top_k(top_k)]
+        return json.dumps(record, allow_nan=False)
     if not prediction.digit_found:
-        return f"{path}\t-\t0.0000"
+        return f"{display(path)}\t-\t0.0000"
+    label = prediction.label if prediction.label >= 0 else "-"  # '-': not sure (below --min-confidence)
     extra = "".join(f"\t{d}:{p:.4f}" for d, p in prediction.top_k(top_k)[1:]) if top_k > 1 else ""
-    return f"{path}\t{prediction.label}\t{prediction.confidence:.4f}{extra}"
+    return f"{display(path)}\t{label}\t{prediction.confidence:.4f}{extra}"
 
 
-def read_number_paths(classifier: Classifier, paths: list[str], stdin: bytes | None = None
-                      ) -> Iterator[NumberReading | str]:
-    """--number: a reading or a one-line error for each path, CHUNK images per read_numbers (one session.run)."""
+def read_number_chunks(classifier: Classifier, paths: list[str], stdin: bytes | None = None
+                       ) -> Generator[NumberReading | ImageError, None, None]:
+    """--number: a reading or an ImageError for each path, CHUNK images per read_numbers (one session.run)."""
     for start in range(0, len(paths), CHUNK):
         chunk = paths[start:start + CHUNK]
-        readings = classifier.read_numbers([stdin if path == "-" else path for path in chunk], errors="return")
-        for path, reading in zip(chunk, readings):
-            if isinstance(reading, ImageError):  # named like load_digit's messages: the path is printed beside
-                name = "image bytes" if path == "-" else path
-                yield str(reading).replace(f": {name}", "").replace(f"{name}: ", "")
-            elif isinstance(reading, Exception):
-                yield f"unexpected {type(reading).__name__}: {' '.join(str(reading).split())[:200]}"
-            else:
-                yield reading
+        yield from classifier.read_numbers([stdin if path == "-" else path for path in chunk], errors="return")
 
 
 def format_number(path: str, reading: NumberReading, as_json: bool) -> str:
     if as_json:
-        digits = [{"label": d.label, "confidence": round(d.confidence, 6), "box": list(d.box)} for d in reading.digits]
-        return json.dumps({"path": path, "number": reading.text, "confidence": round(reading.confidence, 6),
-                           "digits": digits})
-    return f"{path}\t{reading.text or '-'}\t{reading.confidence:.4f}"
+        import json
+
+        digits = [{"label": d.label if d.label >= 0 else None, "confidence": _round(d.confidence), "box": list(d.box)}
+                  for d in reading.digits]
+        return json.dumps({"path": display(path), "number": reading.text, "confidence": _round(reading.confidence),
+                           "digits": digits}, allow_nan=False)
+    return f"{display(path)}\t{reading.text or '-'}\t{reading.confidence:.4f}"
+
+
+def format_error(path: str, error: ImageError, as_json: bool) -> str:
+    if as_json:
+        import json
+
+        return json.dumps({"path": display(path), "error": str(error)})
+    return f"{PROG}: {display(path)}: {error}"
 
 
 def _print_info(classifier: Classifier, as_json: bool) -> None:
+    import json
+    from dataclasses import asdict
+
     info = {"source": classifier.source, **asdict(classifier.info)}
     if as_json:
-        click.echo(json.dumps(info))
+        print(json.dumps(info))
     else:
         for key, value in info.items():
-            click.echo(f"{key}: {value if isinstance(value, str) else json.dumps(value)}")
+            print(f"{key}: {value if isinstance(value, str) else json.dumps(value)}")
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("paths", nargs=-1)
-@click.option("--json", "as_json", is_flag=True, help="JSON Lines: path, label, confidence, probabilities.")
-@click.option("--top-k", type=click.IntRange(1, 10), default=1, show_default=True,
-              help="Also print the next most likely digits.")
-@click.option("--model", type=click.Path(dir_okay=False), default=None, help="An .onnx model from edge-export "
-              "(default: the bundled one).")
-@click.option("--int8", is_flag=True, help="Use the bundled int8 model.")
-@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
-              help="onnxruntime intra-op threads (decoding, in --jobs processes, is the larger cost).")
-@click.option("--provider", default=None, help="onnxruntime execution provider (default CPUExecutionProvider).")
-@click.option("--jobs", "-j", type=click.IntRange(1), default=None,
-              help="Processes decoding images for large batches (default: one per CPU core).")
-@click.option("--info", is_flag=True, help="Print the model's metadata and exit.")
-@click.option("--number", is_flag=True, help="Read each image as one number (a line of digits): path, digits, "
-              "confidence (the product of the digits'); with --json also each digit's label, confidence and box.")
-@click.version_option(package_name="edge-infer")
-def main(paths, as_json, top_k, model, int8, threads, provider, jobs, info, number) -> None:
-    """Classify handwritten or printed digits in PATH... (image files, directories, or - for stdin).
+def run(paths: tuple[str, ...] | list[str], options: Options) -> None:
+    """Classify paths and print the results; exits with the CLI's exit code."""
+    import warnings
 
-    Prints one line per image: path, digit, confidence (tab-separated); '-' for the digit when the image
-    holds none.
-    """
-    if not paths and not info:
+    warnings.simplefilter("ignore")  # Pillow's and numpy's warnings about odd files are not the user's output
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")  # a file name never crashes the output
+    if not paths and not options.info:
         _die("no input: give image files, directories, or - for stdin (see --help)")
-    if paths.count("-") > 1:
+    if list(paths).count("-") > 1:
         _die("stdin ('-') can be read only once")
-    if number and top_k > 1:
+    if options.number and options.top_k > 1:
         _die("--top-k applies to single digits, not to --number")
-    if int8 and model:
+    if options.int8 and options.model:
         _die("--int8 selects the bundled int8 model; with --model, pass your int8 file itself")
-    options = {"model": model, "int8": int8, "threads": threads, "provider": provider}
     try:
-        classifier = Classifier(**options)
+        classifier = Classifier(**options.classifier_options())
     except ModelError as error:
         _die(str(error))
-    if info:
-        _print_info(classifier, as_json)
+    if options.info:
+        _print_info(classifier, options.as_json)
         if not paths:
             return
 
     stdin = sys.stdin.buffer.read() if "-" in paths else None
-    jobs = jobs or usable_cpus()
+    jobs = options.jobs or usable_cpus()
     inputs = list(expand(paths))
     good = [path for path, error in inputs if error is None]
-    predicted = read_number_paths(classifier, good, stdin) if number else classify_all(good, stdin, classifier,
-                                                                                        options, jobs)
+    predicted: Generator[Prediction | NumberReading | ImageError, None, None] = (
+        read_number_chunks(classifier, good, stdin) if options.number
+        else classify_all(good, stdin, classifier, options.classifier_options(), jobs))
     failed = False
     lines: list[str] = []
     try:
-        for index, (path, error) in enumerate(inputs, 1):
-            result = error if error is not None else next(predicted)
-            if isinstance(result, str):
+        for index, (path, refused) in enumerate(inputs, 1):
+            result = refused if refused is not None else next(predicted)
+            if isinstance(result, ImageError):
                 failed = True
-                click.echo(f"edge-infer: {path}: {result}", err=True)
-                if as_json:
-                    lines.append(json.dumps({"path": path, "error": result}))
+                sys.stderr.write(format_error(path, result, False) + "\n")
+                if options.as_json:
+                    lines.append(format_error(path, result, True))
+            elif options.number:
+                lines.append(format_number(path, result, options.as_json))
             else:
-                lines.append(format_number(path, result, as_json) if number else format_line(path, result, top_k,
-                                                                                             as_json))
-            if lines and (index % CHUNK == 0 or index == len(inputs)):
+                lines.append(format_line(path, result, options.top_k, options.as_json))
+            if lines and (index % FLUSH_EVERY == 0 or index == len(inputs)):
                 sys.stdout.write("\n".join(lines) + "\n")
                 sys.stdout.flush()
                 lines.clear()
@@ -216,4 +274,81 @@ def main(paths, as_json, top_k, model, int8, threads, provider, jobs, info, numb
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         sys.exit(1)
+    except ModelError as broken:  # e.g. NaN logits: what was printed stays printed
+        if lines:
+            sys.stdout.write("\n".join(lines) + "\n")
+        _die(str(broken))
+    finally:
+        predicted.close()  # stops worker processes, if any
     sys.exit(1 if failed else 0)
+
+
+def _command() -> click.Command:
+    """The full command line (click), built only when options are given."""
+    import click
+
+    from edge_infer.cli_errors import OneLineErrors
+
+    defaults = Options()
+
+    @click.command(PROG, cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+    @click.argument("paths", nargs=-1)
+    @click.option("--json", "as_json", is_flag=True, help="JSON Lines: path, label, confidence, probabilities.")
+    @click.option("--top-k", type=click.IntRange(1, 10), default=defaults.top_k, show_default=True,
+                  help="Also print the next most likely digits.")
+    @click.option("--model", type=click.Path(dir_okay=False), default=defaults.model,
+                  help="An .onnx model from edge-export (default: the bundled one).")
+    @click.option("--int8", is_flag=True, help="Use the bundled int8 model.")
+    @click.option("--threads", type=click.IntRange(1), default=defaults.threads, show_default=True,
+                  help="onnxruntime intra-op threads, capped at the usable cores (decoding, in --jobs processes, "
+                       "is the larger cost).")
+    @click.option("--provider", default=defaults.provider,
+                  help="onnxruntime execution provider (default CPUExecutionProvider).")
+    @click.option("--jobs", "-j", type=click.IntRange(1, 1024), default=defaults.jobs,
+                  help="Processes decoding images for large batches (default: one per CPU core).")
+    @click.option("--min-confidence", type=click.FloatRange(0.0, 1.0), default=defaults.min_confidence,
+                  metavar="P", help="Below this probability answer '-' (not sure); JSON keeps the guess.")
+    @click.option("--number", is_flag=True, help="Read each image as one number (a line of digits): path, digits, "
+                  "confidence (the product of the digits'); with --json also each digit's label, confidence and box.")
+    @click.option("--info", is_flag=True, help="Print the model's metadata and exit.")
+    @click.version_option(package_name="edge-infer")
+    def command(paths: tuple[str, ...], **settings) -> None:
+        """Classify handwritten or printed digits in PATH... (image files, directories, or - for stdin).
+
+        Prints one line per image: path, digit, confidence (tab-separated); '-' for the digit when the image
+        holds none.
+        """
+        run(paths, Options(**settings))
+
+    return command
+
+
+def main(args: list[str] | None = None) -> None:
+    """The edge-infer console script. Never returns: exits with the CLI's exit code."""
+    args = sys.argv[1:] if args is None else list(args)
+    try:
+        if args and all(arg == "-" or not arg.startswith("-") for arg in args):
+            run(args, Options())  # only paths: the common case needs no option parser
+        else:
+            _command().main(args, prog_name=PROG)
+        code: object = 0
+    except SystemExit as done:
+        code = done.code
+    except KeyboardInterrupt:  # Ctrl-C: what was printed stays printed, no traceback
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        code = 130
+    _exit_now(code)
+
+
+def _exit_now(code: object) -> None:
+    """Flush and exit without the interpreter's teardown, which for onnxruntime and numpy costs about as much
+    as classifying one image (everything is written and every worker process has ended by now)."""
+    if code is not None and not isinstance(code, int):
+        sys.stderr.write(f"{code}\n")
+        code = 1
+    import contextlib
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BrokenPipeError, ValueError):  # a closed pipe (e.g. `| head`) or stream
+            stream.flush()
+    os._exit(code or 0)

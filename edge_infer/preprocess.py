@@ -17,14 +17,19 @@ Only numpy, Pillow and the standard library are used, and everything is pure.
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
+import struct
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-__all__ = ["ImageError", "ImageInput", "MAX_PIXELS", "load_image", "to_grey", "to_mnist", "ink_map", "ink_to_mnist",
+from edge_infer.files import HEAD_BYTES, FileRefused, read_regular_file
+
+__all__ = ["ImageError", "ImageInput", "MAX_FILE_BYTES", "MAX_PIXELS", "load_image", "to_grey", "to_mnist",
+           "ink_map", "ink_to_mnist",
            "preprocess"]
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
@@ -45,11 +50,58 @@ THICKEN_SIZE = 4 * BOX   # intermediate resolution at which thin strokes are thi
 
 
 class ImageError(ValueError):
-    """A one-line, user-facing reason an input can't be read as an image."""
+    """A one-line, user-facing reason an input can't be read as an image (without the path: whoever shows
+    the message beside the input's name adds it)."""
 
 
 # -----------------------------------------------------------------------------
 # loading
+
+MAX_FILE_BYTES = 256 * 2**20  # image files larger than this are refused before reading (a 40 MP 16-bit TIFF fits)
+# JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling), so a photo far larger than MAX_PIXELS is
+# still cheap; this bounds the full-size header a JPEG may claim (a 200 MP phone sensor fits).
+MAX_JPEG_PIXELS = 200_000_000
+# The formats edge-infer reads, by Pillow format name -> the one Pillow plugin that decodes it. Only these
+# plugins are ever imported or used here (no EPS -> Ghostscript and the like), which also keeps start-up short.
+FORMAT_PLUGINS = {"PNG": "PngImagePlugin", "JPEG": "JpegImagePlugin", "GIF": "GifImagePlugin",
+                  "BMP": "BmpImagePlugin", "TIFF": "TiffImagePlugin", "WEBP": "WebPImagePlugin",
+                  "PPM": "PpmImagePlugin", "ICO": "IcoImagePlugin", "TGA": "TgaImagePlugin"}
+_EXIF_ORIENTATION = 0x0112
+_PREMULTIPLIED = {"La": "LA", "RGBa": "RGBA"}  # alpha-premultiplied modes -> their straight-alpha twins
+KNOWN_MODES = frozenset({"1", "L", "P", "RGB", "RGBA", "LA", "PA", "CMYK", "YCbCr", "LAB", "HSV", "I", "F",
+                         "I;16", "I;16L", "I;16B", "I;16N", "RGBX"})
+
+
+def sniff_format(head: bytes) -> str:
+    """The format of an image file from its first bytes (FORMAT_PLUGINS' names); raises ImageError for
+    anything else, before the rest of the file is read or any decoder sees it."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        if len(head) >= 24 and head[12:16] == b"IHDR" and (head[16:20] == b"\0\0\0\0" or head[20:24] == b"\0\0\0\0"):
+            width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+            raise ImageError(f"image has no pixels ({width}x{height})")
+        return "PNG"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head.startswith(b"BM"):
+        return "BMP"
+    if head[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+        return "TIFF"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:1] == b"P" and head[1:2] in (b"1", b"2", b"3", b"4", b"5", b"6", b"f") and head[2:3].isspace():
+        return "PPM"
+    if head.startswith(b"\0\0\1\0"):
+        return "ICO"
+    if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1",
+                                               b"msf1", b"avif", b"avis"):
+        raise ImageError("HEIC/HEIF/AVIF images are not supported; convert it to JPEG or PNG")
+    # TGA has no signature: accept only a plausible header (colour map 0/1, a known image type, a known depth)
+    if (len(head) >= 18 and head[1] in (0, 1) and head[2] in (1, 2, 3, 9, 10, 11)
+            and head[16] in (1, 8, 15, 16, 24, 32) and head[12:14] != b"\0\0" and head[14:16] != b"\0\0"):
+        return "TGA"
+    raise ImageError("not an image (unrecognised format)")
 
 
 def load_image(image: ImageInput) -> Image.Image:
@@ -61,69 +113,120 @@ def load_image(image: ImageInput) -> Image.Image:
     if isinstance(image, np.ndarray):
         img = _from_array(image)
     elif isinstance(image, Image.Image):
-        _check_size(image.size)
-        try:
-            image.load()  # lazily opened images may still be truncated
-        except (OSError, SyntaxError, ValueError, EOFError) as e:
-            raise ImageError(f"image data is truncated or corrupt ({_one_line(e)})") from None
-        img = ImageOps.exif_transpose(image)  # a (transposed) copy: the caller's image is never modified
+        img = _from_pil(image)
     elif isinstance(image, (bytes, bytearray, memoryview)):
-        img = _decode(bytes(image), "image bytes")
+        img = _decode(bytes(image))
     elif isinstance(image, (str, os.PathLike)):
-        path = os.fspath(image)
         try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            raise ImageError(f"file not found: {path}") from None
-        except OSError as e:  # a directory, no permission, ...
-            raise ImageError(f"cannot read {path}: {e.strerror or _one_line(e)}") from None
-        img = _decode(data, path)
+            data = read_regular_file(image, MAX_FILE_BYTES, sniff_format)
+        except FileRefused as e:
+            raise ImageError(str(e)) from None
+        img = _decode(data)
     else:
         kind = type(image).__name__
         raise ImageError(f"unsupported input type {kind}; expected a path, bytes, PIL image or numpy array")
 
     if img.width == 0 or img.height == 0:
         raise ImageError(f"image has no pixels ({img.width}x{img.height})")
+    if img.mode in _PREMULTIPLIED:
+        img = img.convert(_PREMULTIPLIED[img.mode])
+    elif img.mode not in KNOWN_MODES:
+        raise ImageError(f"unsupported image mode {img.mode!r}")
+    if img.mode == "F" and not np.isfinite(np.asarray(img)).all():
+        raise ImageError("image contains NaN or infinite values")
     if max(img.size) > WORK_SIZE:
         img = _shrink(img)
     return img
 
 
-def _decode(data: bytes, name: str) -> Image.Image:
-    """Size-check and fully decode one image file's bytes, EXIF orientation applied; every failure
-    becomes ImageError. (Bytes in memory: nothing stays open, and no copy is needed.)"""
-    if not data:
-        raise ImageError("empty file" if name == "image bytes" else f"empty file: {name}")
+def _from_pil(image: Image.Image) -> Image.Image:
+    """A caller's PIL image -> its first frame, loaded, EXIF orientation applied; the caller's image is
+    never modified (a later frame it is positioned at is restored)."""
+    _check_size(image.size)
     try:
         with warnings.catch_warnings():
-            # PIL only warns between its own limit and twice it; make that an error locally
-            # instead of touching the global Image.MAX_IMAGE_PIXELS.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            _check_size(img.size)  # header only: nothing decoded yet
-            if img.format == "JPEG" and max(img.size) > WORK_SIZE:
-                # decode straight to grey at 1/2, 1/4 or 1/8 scale (still >= WORK_SIZE): far cheaper
-                img.draft("L" if img.mode in ("L", "RGB") else None, (WORK_SIZE, WORK_SIZE))
-            img.seek(0)  # first frame of animations
+            warnings.simplefilter("ignore")
+            frame = image.tell()
+            if frame:
+                image.seek(0)
+            try:
+                image.load()  # lazily opened images may still be truncated
+                img = _orient(image, copy=True)
+            finally:
+                if frame:
+                    image.seek(frame)
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as e:
+        raise ImageError(f"image data is truncated or corrupt ({_one_line(e)})") from None
+    return img
+
+
+def _orient(img: Image.Image, copy: bool) -> Image.Image:
+    """Apply the EXIF orientation tag (1-8) to the pixels. copy=True never returns img itself."""
+    try:
+        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # a corrupt EXIF block is not worth refusing the image for
+        orientation = 1
+    method = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}.get(orientation if isinstance(orientation, int) else 1)
+    if method is None:
+        return img.copy() if copy else img
+    return img.transpose(method)
+
+
+def _decode(data: bytes) -> Image.Image:
+    """Sniff, size-check and fully decode one image file's bytes, EXIF orientation applied; every failure
+    becomes ImageError. (Bytes in memory: nothing stays open, and no copy is needed.)"""
+    if not data:
+        raise ImageError("empty file")
+    fmt = sniff_format(data[:HEAD_BYTES])
+    try:
+        factory = _opener(fmt)
+    except ImportError:
+        raise ImageError(f"this Pillow cannot read {fmt} images") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's warnings about odd files are not the user's business
+            # The plugin's own opener, not Image.open: only this format is tried, and the size limits
+            # below are ours (Image.open would refuse a big JPEG before it can be drafted to a small scale).
+            img = factory(io.BytesIO(data), "")
+            if fmt == "JPEG":  # (MPO, phones' multi-picture JPEG, is opened as a JPEG subclass)
+                _check_size(img.size, "JPEG")
+                if max(img.size) > WORK_SIZE:
+                    # decode straight to grey at 1/2, 1/4 or 1/8 scale (still >= WORK_SIZE): far cheaper
+                    img.draft("L" if img.mode in ("L", "RGB") else None, (WORK_SIZE, WORK_SIZE))
+            _check_size(img.size)  # header only (after any drafting): nothing decoded yet
+            if img.tell():
+                img.seek(0)  # first frame of animations
             img.load()   # force the full decode here so truncation is caught here
-            if "exif" in img.info or img.format not in ("PNG", "GIF", "BMP"):  # (those keep EXIF only there)
-                ImageOps.exif_transpose(img, in_place=True)
+            if "exif" in img.info or fmt not in ("PNG", "GIF", "BMP"):  # (those keep EXIF only there)
+                img = _orient(img, copy=False)
             return img
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"image is too large to decode safely: {name}") from None
+        raise ImageError("image too large to decode safely") from None
     except Image.UnidentifiedImageError:
-        raise ImageError(f"not an image (unrecognised format): {name}") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError) as e:
-        raise ImageError(f"image data is truncated or corrupt: {name} ({_one_line(e)})") from None
+        raise ImageError("not an image (unrecognised format)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, struct.error,
+            MemoryError, OverflowError, ZeroDivisionError) as e:
+        raise ImageError(f"image data is truncated or corrupt ({_one_line(e)[:200]})") from None
 
 
-def _check_size(size: tuple[int, int]) -> None:
+def _opener(fmt: str):
+    """The Pillow plugin's open function for fmt, importing that plugin (and only it) on first use."""
+    importlib.import_module(f"PIL.{FORMAT_PLUGINS[fmt]}")
+    return Image.OPEN[fmt][0]
+
+
+def _check_size(size: tuple[int, int], fmt: str | None = None) -> None:
+    """Refuse images with too many pixels to decode safely: MAX_PIXELS, or MAX_JPEG_PIXELS for a JPEG's
+    full size (it is decoded at reduced scale, and checked against MAX_PIXELS again at that scale)."""
     w, h = size
-    if w * h > MAX_PIXELS:
-        raise ImageError(f"image too large ({w}x{h} pixels, limit {MAX_PIXELS:,})")
+    limit = MAX_JPEG_PIXELS if fmt in ("JPEG", "MPO") else MAX_PIXELS
+    if w * h > limit:
+        raise ImageError(f"image too large ({w}x{h} pixels; limit {MAX_PIXELS:,}, or {MAX_JPEG_PIXELS:,} "
+                         f"for JPEG, which is decoded at reduced scale)")
 
 
 def _one_line(e: Exception) -> str:
@@ -163,20 +266,35 @@ def _from_array(a: np.ndarray) -> Image.Image:
 
 
 def _shrink(img: Image.Image) -> Image.Image:
-    """Make the longest side <= WORK_SIZE with area averaging (keeps thin strokes' ink mass)."""
-    if "transparency" in img.info or img.mode in ("PA", "La", "RGBa"):
-        img = img.convert("RGBA")  # colour-key or palette transparency can't be averaged; alpha can
-    elif img.mode in ("1", "P"):
-        img = img.convert("L" if img.mode == "1" else "RGB")  # nor can bits or palette indices
-    elif img.mode.startswith("I"):
-        img = Image.fromarray(to_grey(img))  # 16/32-bit integers: resize as float, keeping precision
-    elif img.mode not in ("L", "LA", "RGB", "RGBA", "F"):
-        img = img.convert("RGB")  # CMYK, YCbCr, LAB, HSV
+    """Make the longest side <= WORK_SIZE with area averaging (keeps thin strokes' ink mass).
+
+    Mode conversions and the integer box reduction run on bands of rows, so no full-size copy is made
+    beside the decoded image (a 40 MP RGBA PNG peaked at 360 MB with one, 210 MB without)."""
+    mode = img.mode
+    if "transparency" in img.info or mode in ("PA", "La", "RGBa"):
+        mode = "RGBA"  # colour-key or palette transparency can't be averaged; alpha can
+    elif mode in ("1", "P"):
+        mode = "L"  # nor can bits or palette indices (to_grey would make a palette grey anyway)
+    elif mode.startswith("I"):
+        mode = "I"  # 16/32-bit integers are averaged as 32-bit integers, then scaled like to_grey does
+    elif mode not in ("L", "LA", "RGB", "RGBA", "F"):
+        mode = "RGB"  # CMYK, YCbCr, LAB, HSV
+    wide = img.mode.startswith("I") and (img.mode != "I" or img.getextrema()[1] > 255)  # type: ignore[operator]
+    divisor = 65535.0 if wide else 255.0
     scale = WORK_SIZE / max(img.size)
     size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
     factor = int(1 / scale)
-    if factor >= 2 and img.mode != "F":
-        img = img.reduce(factor)  # fast integer box reduction first (alpha-premultiplied, like resize)
+    if factor >= 2:  # fast integer box reduction first (alpha-premultiplied, like resize), band by band
+        rows = factor * max(1, 2**20 // (img.width * factor))  # ~1 megapixel per band
+        small = Image.new(mode, (-(-img.width // factor), -(-img.height // factor)))
+        for top in range(0, img.height, rows):
+            band = img.crop((0, top, img.width, min(top + rows, img.height)))
+            small.paste((band if band.mode == mode else band.convert(mode)).reduce(factor), (0, top // factor))
+        img = small
+    elif img.mode != mode:
+        img = img.convert(mode)
+    if mode == "I":
+        img = Image.fromarray(np.clip(np.asarray(img, np.float32) / divisor, 0.0, 1.0))
     return img.resize(size, Image.Resampling.BOX)
 
 
