@@ -60,7 +60,7 @@ class DigitPrediction(Prediction):
 
 @dataclass(frozen=True)
 class NumberReading:
-    text: str  # the digits left to right, e.g. "40713"; "" when the image holds no ink
+    text: str  # the digits left to right, e.g. "40713" ("?" for a digit below min_confidence); "" when no ink
     confidence: float  # the PRODUCT of the digits' confidences (0.0 when there are none)
     digits: tuple[DigitPrediction, ...] = ()
 
@@ -151,8 +151,8 @@ def decide(plan: NumberPlan, predictions: list[Prediction]) -> NumberReading:
             index = table[span][0]
             p = predictions[index]
             if p.digit_found:
-                chosen.append(DigitPrediction(p.label, p.confidence, p.probabilities, plan.boxes[index]))
-    text = "".join(str(d.label) for d in chosen)
+                chosen.append(DigitPrediction(p.label, p.confidence, p.probabilities, p.guess, box=plan.boxes[index]))
+    text = "".join(str(d.label) if d.label >= 0 else "?" for d in chosen)  # "?": below min_confidence
     confidence = math.prod(d.confidence for d in chosen) if chosen else 0.0
     return NumberReading(text, float(confidence), tuple(chosen))
 

@@ -229,3 +229,12 @@ def test_cli_json_bad_and_empty_inputs(tmp_path):
     assert plain.stdout.decode().splitlines() == expected
     usage = cli("--number", "--top-k", "2", example)
     assert usage.returncode == 2 and b"--top-k" in usage.stderr
+
+
+def test_unsure_digits_are_question_marks(mnist_test):
+    """With min_confidence, a digit the model is not sure of shows as '?' in the text, never as '-1'."""
+    images, labels = mnist_test
+    number = mnist_number(images, labels, np.random.default_rng(21), length=5, height=60, background="white")
+    reading = Classifier(min_confidence=1.0).read_number(number.image)  # nothing is that sure
+    assert reading.text == "?" * len(reading.digits) and len(reading.digits) >= 4
+    assert all(d.unsure and d.guess is not None for d in reading.digits)
