@@ -20,9 +20,13 @@ from pathlib import Path
 import onnx
 
 from edge_infer.classifier import BUNDLED, MODELS_DIR, PROVENANCE
-from train.trainer import atomic_write
+from train import DEFAULT_THREADS
+from train.trainer import atomic_write, load_checkpoint
 
 SEED = 0
+# Pinned in the command, not left to the default: the trained weights depend on the thread count, and the
+# bundle must come out byte for byte the same on any machine.
+THREADS = DEFAULT_THREADS
 
 
 def _run(command: list[str]) -> None:
@@ -43,7 +47,8 @@ def main() -> None:
     fp32, int8 = (MODELS_DIR / BUNDLED[False]), (MODELS_DIR / BUNDLED[True])
     rel = lambda p: str(p.relative_to(Path.cwd())) if p.is_relative_to(Path.cwd()) else str(p)  # noqa: E731
     commands = [
-        ["edge-train", "--out", args.run_dir, "--data-dir", args.data_dir, "--seed", str(SEED), "--quiet"],
+        ["edge-train", "--out", args.run_dir, "--data-dir", args.data_dir, "--seed", str(SEED), "--threads",
+         str(THREADS), "--quiet"],
         ["edge-export", f"{args.run_dir}/checkpoint.pt", "--out", rel(fp32), "--int8", rel(int8),
          "--data-dir", args.data_dir],
     ]
@@ -61,7 +66,7 @@ def main() -> None:
         "commands": [shlex.join(c) for c in commands],
         "models": models,
         "training": {"epochs": len(history), "seconds": history[-1]["seconds"], "test_acc": history[-1]["test_acc"],
-                     "seed": SEED},
+                     "seed": SEED, "threads": load_checkpoint(Path(args.run_dir, "checkpoint.pt"))["threads"]},
         "versions": {"python": platform.python_version(), "torch": version("torch"), "onnx": version("onnx"),
                      "onnxruntime": version("onnxruntime"), "edge-infer": version("edge-infer")},
     }

@@ -25,7 +25,7 @@ from edge_infer.model_info import INPUT_NAME, ModelInfo
 from export.graph import FORMS, IR_FOR_OPSET, MIN_ORT_FOR_OPSET, OPSETS, build_model
 from train.data import Split
 from train.model import DigitRNN, ModelConfig
-from train.trainer import atomic_write, load_checkpoint
+from train.trainer import atomic_write, load_checkpoint, require_keys
 
 PARITY_IMAGES = 1000
 PARITY_MAX_ABS_DIFF = 1e-4
@@ -76,12 +76,17 @@ def load_trained(checkpoint: Path) -> tuple[dict, DigitRNN, DigitRNN]:
     """(checkpoint, batch-first model as trained, time-major rebuild with the same weights)."""
     try:
         state = load_checkpoint(checkpoint)
+        require_keys(state, ("model_config", "model"))
         config = ModelConfig(**state["model_config"])
         trained, time_major = DigitRNN(config, batch_first=True), DigitRNN(config, batch_first=False)
         trained.load_state_dict(state["model"])
         time_major.load_state_dict(state["model"])
     except (ValueError, KeyError, TypeError, RuntimeError) as error:
         raise CheckpointError(" ".join(str(error).split())[:300]) from None
+    broken = [name for name, weight in trained.state_dict().items() if not torch.isfinite(weight).all()]
+    if broken:  # a diverged run: NaN compares false, so no later check would catch it
+        raise CheckpointError(f"{checkpoint}: the weights hold NaN or inf ({', '.join(broken)}); the run diverged, "
+                              f"retrain it (e.g. with a lower --lr)")
     return state, trained.eval(), time_major.eval()
 
 
@@ -107,10 +112,14 @@ def check_parity(model: onnx.ModelProto, trained: DigitRNN, time_major: DigitRNN
     with torch.no_grad():
         reference = time_major(x.transpose(0, 1).contiguous()).numpy()
         as_trained = trained(x).numpy()
-    if np.abs(reference - as_trained).max() > PARITY_MAX_ABS_DIFF:  # guards the rebuild itself
+    if not np.isfinite(reference).all():  # NaN compares false: it would pass every check below
+        raise ExportError("the model's logits on MNIST test images are NaN or inf; refusing to export")
+    if not np.abs(reference - as_trained).max() <= PARITY_MAX_ABS_DIFF:  # guards the rebuild itself
         raise ExportError("the time-major rebuild disagrees with the trained model; refusing to export")
     ours = onnx_logits(model, images)
-    return float(np.abs(ours - reference).max()), float((ours.argmax(1) == reference.argmax(1)).mean())
+    diff = np.abs(ours - reference)
+    max_diff = float(diff.max()) if np.isfinite(diff).all() else float("inf")  # NaN/inf in ours: a failure
+    return max_diff, float((ours.argmax(1) == reference.argmax(1)).mean())
 
 
 def integer_recurrent_ops(model: onnx.ModelProto) -> list[str]:

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-CELLS = ("rnn", "gru", "lstm")
+from train import CELLS
+
 ROWS = 28  # time steps: one per image row
 PIXELS = 28  # features per step: the pixels of one row
 CLASSES = 10
