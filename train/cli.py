@@ -118,7 +118,7 @@ def _main(preset, cell, hidden, layers, epochs, lr, batch_size, augment, data_di
 
     _check_writable(out_dir)
     log(f"training {trainer.config.cell}-{trainer.config.hidden}x{trainer.config.layers} on {len(trainer.train_split)} "
-        f"images ({device}, {trainer.threads} threads), recipe {trainer.recipe}, into {out_dir}")
+        f"images ({device}, --threads {trainer.threads}), recipe {trainer.recipe}, into {out_dir}")
     try:
         history = trainer.fit()
     except KeyboardInterrupt as interrupt:

@@ -280,7 +280,7 @@ class Trainer:
         train = train.head(size)
         threads = threads or state.get("threads") or DEFAULT_THREADS
         trainer = cls(run_dir, config, recipe, train, test, seed=state["seed"], device=device, threads=threads,
-                      data_dir=state.get("data_dir"), **kwargs)
+                      data_dir=state["data_dir"] if isinstance(state.get("data_dir"), str) else None, **kwargs)
         try:
             trainer._load_state(state, progress)
         except ValueError as error:
