@@ -129,7 +129,7 @@ def _main(preset, cell, hidden, layers, epochs, lr, batch_size, augment, data_di
             if isinstance(interrupt, Interrupted):
                 message = f"interrupted; saved the checkpoint: {saved}; {again}"
             else:
-                message = (f"stopped at once by a second Ctrl-C; {saved}"
+                message = (f"stopped at once by Ctrl-C; {saved}"
                            + ("" if "no checkpoint" in saved else f"; {again}"))
             click.echo(f"edge-train: {message}", err=True)
         finally:

@@ -336,21 +336,21 @@ class Trainer:
         (a second Ctrl-C: a plain KeyboardInterrupt, at once); a NaN/inf loss raises TrainingDiverged
         without touching the checkpoint."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        remove_temporaries(self.run_dir)
-        # history.json follows the checkpoint's history, the record: a run killed between writing the two
-        # (or resumed when already done) is made consistent here.
-        write_history(self.run_dir, self.progress.history)
         threads = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
-            with _StopFlag() as stop:
+        with _StopFlag() as stop:
+            remove_temporaries(self.run_dir)
+            # history.json follows the checkpoint's history, the record: a run killed between writing the two
+            # (or resumed when already done) is made consistent here.
+            write_history(self.run_dir, self.progress.history)
+            torch.set_num_threads(self.threads)
+            try:
                 while self.progress.epoch < self.recipe.epochs:
                     if not self._train_epoch(stop):
                         self.save_checkpoint()
                         raise Interrupted
                     self._finish_epoch()
-        finally:
-            torch.set_num_threads(threads)
+            finally:
+                torch.set_num_threads(threads)
         return self.progress.history
 
     def _train_epoch(self, stop: _StopFlag) -> bool:
