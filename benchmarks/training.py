@@ -7,20 +7,31 @@ that directory already holds a finished history.json of today's recipe (then it 
 says so; a run that was cut short is resumed; one of an older recipe is removed and trained anew). Times
 come from history.json: cumulative training seconds per epoch, measured by the trainer itself, evaluation
 excluded. Expect ~10 minutes for all three on an idle 2-core CPU (seed ~6+ min). --quick changes nothing.
+
+The threads part (always measured anew, ~3 minutes; `--threads-only` runs just it) times a slice of the
+default run (THREAD_SLICE) with --threads 1 and 2, on the machine as it is ("quiet") and beside another
+2-thread CPU job (a second edge-train --threads 2, "under load"), taking turns, and extrapolates to the
+whole default run by batch count.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import shutil
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchlib import add_common_args, machine_header, run_child, section, table, target
+from benchlib import ROOT, add_common_args, machine_header, run_child, section, table, target
 
+from train import DEFAULT_THREADS
 from train.trainer import load_checkpoint, preset_recipe
 
 # name: (what it is, edge-train options beyond the shared ones, the preset those options use)
@@ -185,15 +196,86 @@ def report(runs: dict[str, Run]) -> str:
     return section("4. Training", note, lines, commands, "".join(checks))
 
 
+THREAD_SLICE = 10000  # training images in the timed slice of the default run (one epoch of it)
+THREAD_ROUNDS = 3
+LOAD_TARGET = 1.5  # default training under load <= 1.5x its quiet time
+
+
+def _train_seconds(out: Path, data_dir: Path, threads: int) -> float:
+    """Training seconds (the trainer's clock) of one epoch of the default recipe on THREAD_SLICE images."""
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        run_child([sys.executable, "-m", "train", "--limit-train", str(THREAD_SLICE), "--epochs", "1", "--threads",
+                   str(threads), "--out", f"{tmp}/run", "--data-dir", str(data_dir), "--no-download", "--quiet"])
+        return read_history(Path(tmp, "run"))[-1]["seconds"]
+
+
+class _LoadJob:
+    """Another 2-thread CPU job beside the measured one: a long edge-train --threads 2, stopped afterwards."""
+
+    def __init__(self, out: Path, data_dir: Path) -> None:
+        self.dir = tempfile.mkdtemp(dir=out)
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        self.proc = subprocess.Popen([sys.executable, "-m", "train", "--threads", "2", "--epochs", "100", "--out",
+                                      f"{self.dir}/run", "--data-dir", str(data_dir), "--no-download", "--quiet"],
+                                     cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(8)  # past its start-up (imports, loading MNIST): training when the measured run starts
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def threads_report(out: Path, data_dir: Path, rounds: int = THREAD_ROUNDS) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    samples: dict[tuple[int, bool], list[float]] = {(t, load): [] for load in (False, True) for t in (1, 2)}
+    loads: list[str] = []
+    for _ in range(rounds):  # quiet and loaded, 1 and 2 threads, taking turns
+        for loaded in (False, True):
+            job = _LoadJob(out, data_dir) if loaded else None
+            try:
+                for threads in (1, 2):
+                    loads.append(f"{os.getloadavg()[0]:.1f}")
+                    samples[(threads, loaded)].append(_train_seconds(out, data_dir, threads))
+            finally:
+                if job is not None:
+                    job.stop()
+    slice_batches = math.ceil(THREAD_SLICE / preset_recipe("default", "rnn").batch_size)
+    recipe = preset_recipe("default", "rnn")
+    full_batches = recipe.epochs * math.ceil(60000 / recipe.batch_size)
+    rows, median = [], {key: statistics.median(v) for key, v in samples.items()}
+    for (threads, loaded), seconds in median.items():
+        quiet = median[(threads, False)]
+        rows.append([f"{threads}" + (" (default)" if threads == DEFAULT_THREADS else ""),
+                     "under load" if loaded else "quiet", f"{seconds:.2f}",
+                     " / ".join(f"{x:.2f}" for x in samples[(threads, loaded)]),
+                     f"{seconds / slice_batches * 1000:.1f}", f"{seconds / slice_batches * full_batches:.0f}",
+                     f"{seconds / quiet:.2f}×"])
+    lines = table(["--threads", "machine", f"training s ({THREAD_SLICE} images, median)", "each round",
+                   "ms / batch", "extrapolated s, whole default run", "vs quiet"], rows)
+    ratio = median[(DEFAULT_THREADS, True)] / median[(DEFAULT_THREADS, False)]
+    note = (f"One epoch of the default recipe on the first {THREAD_SLICE} training images ({slice_batches} batches), "
+            f"`edge-train --limit-train {THREAD_SLICE} --epochs 1 --threads N`; 'under load': beside "
+            "`edge-train --threads 2` training at the same time; extrapolated by batch count to the whole default "
+            f"run ({full_batches} batches). {rounds} rounds; 1-minute load average before each run: {', '.join(loads)}.")
+    check = target(f"default training (--threads {DEFAULT_THREADS}) under load <= {LOAD_TARGET}× its quiet time",
+                   f"{ratio:.2f}×", ratio <= LOAD_TARGET)
+    return section("4b. Training threads", note, lines, check)
+
+
 def run(out: Path, data_dir: Path, names: tuple[str, ...] = tuple(RUNS)) -> str:
-    return report({name: ensure_run(name, out, data_dir) for name in names})
+    return report({name: ensure_run(name, out, data_dir) for name in names}) + "\n" + threads_report(out, data_dir)
 
 
 def main() -> None:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--only", choices=list(RUNS), action="append", help="just these runs (repeatable)")
+    parser.add_argument("--threads-only", action="store_true", help="just the threads part (~3 minutes)")
     args = parser.parse_args()
-    body = run(args.out, args.data_dir, tuple(args.only or RUNS))
+    if args.threads_only:
+        body = threads_report(args.out, args.data_dir, 1 if args.quick else THREAD_ROUNDS)
+    else:
+        body = run(args.out, args.data_dir, tuple(args.only or RUNS))
     print(machine_header("edge-infer training benchmark", args.quick) + "\n" + body)
 
 

@@ -27,12 +27,17 @@ from pathlib import Path
 import onnx
 
 from edge_infer.classifier import BUNDLED, MODELS_DIR, PROVENANCE
+from train import DEFAULT_THREADS
 from train.files import atomic_write
+from train.trainer import load_checkpoint
 
 SEED = 0
 # The bundled cell is chosen by real-world accuracy (benchmarks/realworld.py): a GRU-128 with the default
 # recipe reads other writers, pens and scanners far better than the seed's ReLU RNN at a small run-time cost.
 CELL = "gru"
+# Pinned in the command, not left to the default: the trained weights depend on the thread count, and the
+# bundle must come out byte for byte the same on any machine.
+THREADS = DEFAULT_THREADS
 
 
 def _run(command: list[str]) -> None:
@@ -53,17 +58,10 @@ def main() -> None:
     fp32, int8 = (MODELS_DIR / BUNDLED[False]), (MODELS_DIR / BUNDLED[True])
     rel = lambda p: str(p.relative_to(Path.cwd())) if p.is_relative_to(Path.cwd()) else str(p)  # noqa: E731
     commands = [
-        ["edge-train", "--cell", CELL, "--out", args.run_dir, "--data-dir", args.data_dir, "--seed", str(SEED), "--quiet"],
-        [
-            "edge-export",
-            f"{args.run_dir}/checkpoint.pt",
-            "--out",
-            rel(fp32),
-            "--int8",
-            rel(int8),
-            "--data-dir",
-            args.data_dir,
-        ],
+        ["edge-train", "--cell", CELL, "--out", args.run_dir, "--data-dir", args.data_dir, "--seed", str(SEED),
+         "--threads", str(THREADS), "--quiet"],
+        ["edge-export", f"{args.run_dir}/checkpoint.pt", "--out", rel(fp32), "--int8", rel(int8),
+         "--data-dir", args.data_dir],
     ]
     for command in commands:
         _run(command)
@@ -82,14 +80,10 @@ def main() -> None:
     provenance = {
         "commands": [shlex.join(c) for c in commands],
         "models": models,
-        "training": {"epochs": len(history), "test_acc": history[-1]["test_acc"], "seed": SEED},
-        "versions": {
-            "python": platform.python_version(),
-            "torch": version("torch"),
-            "onnx": version("onnx"),
-            "onnxruntime": version("onnxruntime"),
-            "edge-infer": version("edge-infer"),
-        },
+        "training": {"epochs": len(history), "test_acc": history[-1]["test_acc"], "seed": SEED,
+                     "threads": load_checkpoint(Path(args.run_dir, "checkpoint.pt"))["threads"]},
+        "versions": {"python": platform.python_version(), "torch": version("torch"), "onnx": version("onnx"),
+                     "onnxruntime": version("onnxruntime"), "edge-infer": version("edge-infer")},
     }
     text = json.dumps(provenance, indent=2) + "\n"
     path = MODELS_DIR / PROVENANCE

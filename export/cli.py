@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
 from export.graph import FORMS, OPSET, OPSETS
+from train.cli_util import OneLineCommand, fail
 
 
 def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"edge-export: error: {message}", err=True)
-    sys.exit(code)
+    fail("edge-export", message, code)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=OneLineCommand, name="edge-export", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="fp32 model to write.")
 @click.option(
@@ -50,7 +49,7 @@ def _fail(message: str, code: int = 2) -> None:
 @click.option("--no-download", is_flag=True, help="Never download MNIST; fail if it is missing.")
 def main(checkpoint, out, int8_out, opset, form, data_dir, no_download) -> None:
     """Export an edge-train CHECKPOINT to ONNX, after checking parity with torch on real MNIST images."""
-    from export.export import CheckpointError, ExportError, export
+    from export.export import CheckpointError, ExportError, export, load_trained
     from train.data import DataError, load_mnist
 
     if not checkpoint.is_file():
@@ -59,6 +58,7 @@ def main(checkpoint, out, int8_out, opset, form, data_dir, no_download) -> None:
         if path is not None and path.is_dir():
             _fail(f"{path} is a directory; give the .onnx file to write")
     try:
+        load_trained(checkpoint)  # "not a checkpoint" before MNIST is looked for (or downloaded)
         _, test = load_mnist(data_dir, download=not no_download)
         report = export(checkpoint, out, test, int8_out=int8_out, opset=opset, form=form)
     except (DataError, CheckpointError) as error:  # unusable input

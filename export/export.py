@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from export.graph import FORMS, IR_FOR_OPSET, MIN_ORT_FOR_OPSET, OPSETS, build_g
 from train.data import Split
 from train.files import atomic_write
 from train.model import DigitRNN, ModelConfig
-from train.trainer import load_checkpoint
+from train.trainer import load_checkpoint, require_keys
 
 PARITY_IMAGES = 1000
 PARITY_MAX_ABS_DIFF = 1e-4
@@ -90,6 +91,7 @@ def load_trained(checkpoint: Path) -> tuple[dict, DigitRNN, DigitRNN]:
     checkpoint's calibration temperature folded into their last layer."""
     try:
         state = load_checkpoint(checkpoint)
+        require_keys(state, ("model_config", "model"))
         config = ModelConfig(**state["model_config"])
         trained, time_major = DigitRNN(config, batch_first=True), DigitRNN(config, batch_first=False)
         trained.load_state_dict(state["model"])
@@ -97,7 +99,11 @@ def load_trained(checkpoint: Path) -> tuple[dict, DigitRNN, DigitRNN]:
         temperature = float(state.get("calibration", {}).get("temperature", 1.0))
     except (ValueError, KeyError, TypeError, RuntimeError) as error:
         raise CheckpointError(" ".join(str(error).split())[:300]) from None
-    if not temperature > 0:
+    broken = [name for name, weight in trained.state_dict().items() if not torch.isfinite(weight).all()]
+    if broken:  # a diverged run: NaN compares false, so no later check would catch it
+        raise CheckpointError(f"{checkpoint}: the weights hold NaN or inf ({', '.join(broken)}); the run diverged, "
+                              f"retrain it (e.g. with a lower --lr)")
+    if not (math.isfinite(temperature) and temperature > 0):
         raise CheckpointError(f"calibration temperature must be positive, not {temperature}")
     with torch.no_grad():  # calibrated logits = logits / T: folded into the last layer, free at run time
         for model in (trained, time_major):
@@ -129,7 +135,9 @@ def torch_reference(trained: DigitRNN, time_major: DigitRNN, images: np.ndarray)
     with torch.no_grad():
         reference = time_major(x.transpose(0, 1).contiguous()).numpy()
         as_trained = trained(x).numpy()
-    if np.abs(reference - as_trained).max() > PARITY_MAX_ABS_DIFF:  # guards the rebuild itself
+    if not np.isfinite(reference).all():  # NaN compares false: it would pass every check below
+        raise ExportError("the model's logits on MNIST test images are NaN or inf; refusing to export")
+    if not np.abs(reference - as_trained).max() <= PARITY_MAX_ABS_DIFF:  # guards the rebuild itself
         raise ExportError("the time-major rebuild disagrees with the trained model; refusing to export")
     return reference
 
@@ -292,7 +300,8 @@ def export_fp32(src: Source) -> Artifact:
     def gate(classifier: Classifier, blob: bytes) -> tuple[float, dict]:
         logits = onnx_logits(classifier, src.images)
         ours, n = logits[:len(src.reference)], len(src.reference)
-        max_diff = float(np.abs(ours - src.reference).max())
+        diff = np.abs(ours - src.reference)
+        max_diff = float(diff.max()) if np.isfinite(diff).all() else float("inf")  # NaN/inf in ours: a failure
         agreement = float((ours.argmax(1) == src.reference.argmax(1)).mean())
         if max_diff > PARITY_MAX_ABS_DIFF or agreement < 1.0:
             raise ExportError(f"parity check failed on {n} MNIST test images: max |logit diff| {max_diff:.2e} "

@@ -1,90 +1,86 @@
 """edge-train: a thin command-line shell over train.trainer."""
-
 from __future__ import annotations
 
+import os
+import shlex
+import signal
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import click
 
-from train.model import CELLS
+from train import CELLS, DEFAULT_THREADS
+from train.cli_util import OneLineCommand, fail
+
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"edge-train: error: {message}", err=True)
-    sys.exit(code)
+    fail("edge-train", message, code)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--preset",
-    type=click.Choice(["default", "seed"]),
-    default="default",
-    show_default=True,
-    help="Training recipe: 'seed' is the reference notebook exactly; 'default' is fast on a CPU "
-    "(gru/lstm: a higher learning rate and 14 epochs).",
-)
+@click.command(cls=OneLineCommand, name="edge-train", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--preset", type=click.Choice(["default", "seed"]), default="default", show_default=True,
+              help="Training recipe: 'seed' is the reference notebook exactly; 'default' is fast on a CPU "
+                   "(gru/lstm: a higher learning rate and 14 epochs).")
 @click.option("--cell", type=click.Choice(CELLS), default="rnn", show_default=True)
 @click.option("--hidden", type=click.IntRange(1), default=128, show_default=True)
 @click.option("--layers", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Override the recipe's epoch count.")
-@click.option(
-    "--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Override the recipe's learning rate."
-)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Override the recipe's learning rate.")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Override the recipe's batch size.")
 @click.option("--augment/--no-augment", default=None, help="Override the recipe's augmentation.")
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("data"),
-    show_default=True,
-    help="Where MNIST lives (torchvision layout: DIR/MNIST/raw/).",
-)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where MNIST lives: the folder holding its four IDX files, or one above it (DIR/raw/, "
+                   "DIR/MNIST/raw/); downloaded into DIR/MNIST/raw/ if missing. Default ./data; with --resume, "
+                   "the run's own.")
 @click.option("--no-download", is_flag=True, help="Never download MNIST; fail if it is missing.")
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Run directory (default runs/<timestamp>).",
-)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run directory (default runs/<timestamp>).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--limit-train", type=click.IntRange(1), default=None, help="Train on the first N training images.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Makes a CPU run repeatable.")
+@click.option("--threads", type=click.IntRange(1, CORES), default=None,
+              help=f"CPU threads for torch (default {DEFAULT_THREADS}: fastest for this model, and steady on a busy "
+                   "machine; with --resume, the run's own). Runs are repeatable for the same --seed and --threads.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or per-epoch lines.")
-def main(
-    preset,
-    cell,
-    hidden,
-    layers,
-    epochs,
-    lr,
-    batch_size,
-    augment,
-    data_dir,
-    no_download,
-    out_dir,
-    resume,
-    limit_train,
-    seed,
-    device,
-    quiet,
-) -> None:
+def main(preset, cell, hidden, layers, epochs, lr, batch_size, augment, data_dir, no_download, out_dir, resume,
+         limit_train, seed, threads, device, quiet) -> None:
     """Train the row-by-row RNN digit classifier on MNIST.
 
     Writes checkpoint.pt, history.json and curves.png into the run directory.
     """
+    try:
+        _main(preset, cell, hidden, layers, epochs, lr, batch_size, augment, data_dir, no_download, out_dir, resume,
+              limit_train, seed, threads, device, quiet)
+    except KeyboardInterrupt:  # Ctrl-C during start-up (importing torch, loading MNIST): nothing written yet
+        click.echo("edge-train: interrupted before training started; nothing was written", err=True)
+        sys.exit(130)
+
+
+def _main(preset, cell, hidden, layers, epochs, lr, batch_size, augment, data_dir, no_download, out_dir, resume,
+          limit_train, seed, threads, device, quiet) -> None:
     import torch
 
     from train.data import DataError, load_mnist
     from train.model import ModelConfig
-    from train.trainer import Trainer, TrainingDiverged, preset_recipe
+    from train.trainer import Interrupted, Trainer, TrainingDiverged, load_checkpoint, preset_recipe
 
     if resume and out_dir is None:
         _fail("--resume needs --out DIR (the run to continue)")
+    state = None
+    if resume:
+        try:
+            state = load_checkpoint(out_dir / "checkpoint.pt")
+        except ValueError as error:
+            _fail(str(error))
+        if data_dir is None and isinstance(state.get("data_dir"), str):
+            data_dir = Path(state["data_dir"])  # where the run found MNIST: resuming works offline as printed
+    data_dir = data_dir or Path("data")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():
@@ -103,65 +99,61 @@ def main(
     log = (lambda line: None) if quiet else click.echo
     try:
         if resume:
-            trainer = Trainer.resume(
-                out_dir,
-                train_split,
-                test_split,
-                device=device,
-                limit_train=limit_train,
-                log=log,
-                progress_bar=not quiet,
-            )
+            trainer = Trainer.resume(out_dir, train_split, test_split, device=device, limit_train=limit_train,
+                                     threads=threads, state=state, log=log, progress_bar=not quiet)
         else:
             recipe = preset_recipe(preset, cell)
             overrides = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "augment": augment}
             recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
-            trainer = Trainer(
-                out_dir,
-                ModelConfig(cell, hidden, layers),
-                recipe,
-                train_split,
-                test_split,
-                seed=seed,
-                device=device,
-                log=log,
-                progress_bar=not quiet,
-            )
+            trainer = Trainer(out_dir, ModelConfig(cell, hidden, layers), recipe, train_split, test_split,
+                              seed=seed, device=device, log=log, progress_bar=not quiet,
+                              threads=threads or DEFAULT_THREADS, data_dir=data_dir)
     except ValueError as error:
         _fail(str(error))
     if resume and epochs is not None:
         if trainer.recipe.one_cycle and epochs != trainer.recipe.epochs:
-            _fail(
-                "this run's one-cycle schedule was planned for "
-                f"{trainer.recipe.epochs} epochs; it cannot be resumed with a different --epochs"
-            )
+            _fail("this run's one-cycle schedule was planned for "
+                  f"{trainer.recipe.epochs} epochs; it cannot be resumed with a different --epochs")
         trainer.recipe = replace(trainer.recipe, epochs=epochs)
 
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        _fail(f"cannot create the run directory {out_dir}: {error.strerror or error}")
-    log(
-        f"training {trainer.config.cell}-{trainer.config.hidden}x{trainer.config.layers} on {len(trainer.train_split)} "
-        f"images ({device}), recipe {trainer.recipe}, into {out_dir}"
-    )
+    _check_writable(out_dir)
+    log(f"training {trainer.config.cell}-{trainer.config.hidden}x{trainer.config.layers} on {len(trainer.train_split)} "
+        f"images ({device}, --threads {trainer.threads}), recipe {trainer.recipe}, into {out_dir}")
     try:
         history = trainer.fit()
-    except KeyboardInterrupt:
-        p = trainer.progress
-        click.echo(
-            f"edge-train: interrupted; saved {trainer.checkpoint_path} at epoch {p.epoch + 1}, "
-            f"batch {p.batch}; continue with: edge-train --resume --out {out_dir}",
-            err=True,
-        )
+    except KeyboardInterrupt as interrupt:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # another Ctrl-C must not cut the message short
+        try:
+            saved = trainer.saved()  # read back from the file: what is on disk, whatever was written just now
+            again = f"continue with: edge-train --resume --out {shlex.quote(str(out_dir))}"
+            if isinstance(interrupt, Interrupted):
+                message = f"interrupted; saved the checkpoint: {saved}; {again}"
+            else:
+                message = (f"stopped at once by Ctrl-C; {saved}"
+                           + ("" if "no checkpoint" in saved else f"; {again}"))
+            click.echo(f"edge-train: {message}", err=True)
+        finally:
+            signal.signal(signal.SIGINT, previous)
         sys.exit(130)
     except TrainingDiverged as error:
         _fail(str(error), code=1)
     except OSError as error:  # e.g. the disk filled up while writing a checkpoint
-        _fail(f"cannot write to {out_dir}: {error.strerror or error}", code=1)
+        _fail(f"cannot write to {out_dir}: {error.strerror or error}; {trainer.saved()}", code=1)
     if history:
         last = history[-1]
-        click.echo(
-            f"done: test accuracy {last['test_acc']:.2%} after {last['epoch']} epochs, "
-            f"{last['seconds']:.1f}s of training; checkpoint {trainer.checkpoint_path}"
-        )
+        click.echo(f"done: test accuracy {last['test_acc']:.2%} after {last['epoch']} epochs, "
+                   f"{last['seconds']:.1f}s of training; checkpoint {trainer.checkpoint_path}")
+
+
+def _check_writable(out_dir: Path) -> None:
+    """Fail now, not after an epoch of training, when the run directory cannot be created or written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        _fail(f"cannot create the run directory {out_dir}: {error.strerror or error}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".checkpoint.pt.", dir=out_dir)  # as the checkpoint will be written
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        _fail(f"cannot write to the run directory {out_dir}: {error.strerror or error}")

@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from edge_infer.model_info import CLASSES, PIXELS  # the shapes both sides share
-
-CELLS = ("rnn", "gru", "lstm")
+from train import CELLS
 
 
 @dataclass(frozen=True)

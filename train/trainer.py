@@ -1,25 +1,29 @@
 """The training loop: recipes, epochs, evaluation, checkpoints, history and curves.
 
 Everything a run produces lives in one directory:
-  checkpoint.pt  model config + weights + optimizer/scheduler state + epoch (written atomically)
-  history.json   one object per finished epoch
+  checkpoint.pt  model config + weights + optimizer/scheduler state + progress, with the history (atomic)
+  history.json   one object per finished epoch: a copy of the checkpoint's history, rewritten from it
   curves.png     loss and accuracy per epoch, train vs test
+The checkpoint is the record: history.json and curves.png are derived from it, so a run killed between
+writing them is put right when it resumes.
 """
 from __future__ import annotations
 
 import copy
+import io
 import json
 import math
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 
 import torch
 import torch.nn.functional as F
 
+from train import DEFAULT_THREADS
 from train.calibrate import fit_temperature
 from train.data import Split
 from train.files import atomic_write
@@ -27,6 +31,11 @@ from train.model import DigitRNN, ModelConfig
 
 CHECKPOINT_FORMAT = "edge-infer-checkpoint/1"
 EVAL_BATCH = 2000
+RUN_FILES = ("checkpoint.pt", "history.json", "curves.png")  # atomic_write's temporaries: .NAME.XXXXXXXX
+# What --resume needs from a checkpoint (export needs only model_config and model).
+RESUME_KEYS = ("model_config", "recipe", "seed", "train_size", "model", "train_model", "optimizer", "scheduler",
+               "progress")
+HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,10 @@ def preset_recipe(preset: str, cell: str) -> Recipe:
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run at a batch boundary, and the checkpoint of that point was saved."""
 
 
 @dataclass
@@ -203,11 +216,15 @@ def _in_main_thread() -> bool:
 class Trainer:
     def __init__(self, run_dir: Path, config: ModelConfig, recipe: Recipe, train: Split, test: Split,
                  seed: int = 0, device: str = "cpu", log: Callable[[str], None] | None = None,
-                 progress_bar: bool = True) -> None:
+                 progress_bar: bool = True, threads: int = DEFAULT_THREADS, data_dir: str | Path | None = None
+                 ) -> None:
         self.run_dir = Path(run_dir)
         self.config, self.recipe = config, recipe
         self.train_split, self.test_split = train, test
         self.seed = seed
+        self.threads = threads  # torch's CPU threads while fitting; the trained weights depend on it
+        # Remembered so that `edge-train --resume --out DIR` finds the data as the run did, offline too.
+        self.data_dir = str(Path(data_dir).resolve()) if data_dir is not None else None
         self.device = torch.device(device)
         self.log = log or (lambda line: None)
         self.progress_bar = progress_bar
@@ -233,6 +250,8 @@ class Trainer:
             "model_config": self.config.to_dict(),
             "recipe": asdict(self.recipe),
             "seed": self.seed,
+            "threads": self.threads,
+            "data_dir": self.data_dir,
             "train_size": self.mnist_size,
             "calibration": self.calibration,
             "model": self.final_model.state_dict(),  # what export/ ships
@@ -243,46 +262,122 @@ class Trainer:
             "progress": asdict(self.progress),
             "test_acc": self.progress.history[-1]["test_acc"] if self.progress.history else None,
         }
-        atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
+        # Serialised in memory first: torch.save onto a path reports a full disk as a RuntimeError from its
+        # zip writer; a plain write reports it as the OSError it is.
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write(self.checkpoint_path, lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()))
+
+    def saved(self) -> str:
+        """What the checkpoint on disk holds, read back from it: for messages, which must be true."""
+        return describe_saved(self.checkpoint_path, self.steps_per_epoch)
 
     @classmethod
     def resume(cls, run_dir: Path, train: Split, test: Split, device: str = "cpu", limit_train: int | None = None,
-               **kwargs) -> "Trainer":
-        """Continue a run; it trains on the same first-N training images as before unless told otherwise."""
-        state = load_checkpoint(Path(run_dir) / "checkpoint.pt")
+               threads: int | None = None, state: dict | None = None, **kwargs) -> "Trainer":
+        """Continue a run; it trains on the same first-N training images, with the same thread count, as
+        before unless told otherwise. A checkpoint that does not fit raises ValueError with one line."""
+        path = Path(run_dir) / "checkpoint.pt"
+        state = load_checkpoint(path) if state is None else state
+        try:
+            require_keys(state, RESUME_KEYS)
+            config = ModelConfig(**_checked_fields(ModelConfig, state["model_config"], "model_config"))
+            recipe = Recipe(**_checked_fields(Recipe, state["recipe"], "recipe"))
+            progress = Progress(**_checked_fields(Progress, state["progress"], "progress"))
+            for key in ("seed", "train_size", "threads"):
+                if key in state and not _matches(state[key], int):
+                    raise ValueError(f"{key} is {state[key]!r}, not a whole number")
+            for what, number in (("recipe.batch_size", recipe.batch_size), ("recipe.epochs", recipe.epochs),
+                                 ("train_size", state["train_size"]), ("threads", state.get("threads", 1))):
+                if number < 1:
+                    raise ValueError(f"{what} is {number}, not positive")
+        except ValueError as error:
+            raise ValueError(f"{path} cannot be resumed: {error}") from None
         size = limit_train or state["train_size"]
         if size != state["train_size"] or size > len(train):
             raise ValueError(f"the run in {run_dir} trained on {state['train_size']} images, not {size}; "
                              f"resume it with --limit-train {state['train_size']} or none")
         train = train.head(size)
-        trainer = cls(run_dir, ModelConfig(**state["model_config"]), Recipe(**state["recipe"]), train, test,
-                      seed=state["seed"], device=device, **kwargs)
-        trainer.model.load_state_dict(state["train_model"])
-        if trainer.ema is not None:
-            trainer.ema.load_state_dict(state["model"])
-        trainer.optimizer.load_state_dict(state["optimizer"])
-        trainer.scheduler.load_state_dict(state["scheduler"])
-        trainer.progress = Progress(**state["progress"])
-        trainer.calibration = state.get("calibration", {})
+        threads = threads or state.get("threads") or DEFAULT_THREADS
+        trainer = cls(run_dir, config, recipe, train, test, seed=state["seed"], device=device, threads=threads,
+                      data_dir=state["data_dir"] if isinstance(state.get("data_dir"), str) else None, **kwargs)
+        try:
+            trainer._load_state(state, progress)
+            trainer.calibration = dict(state.get("calibration") or {})
+        except ValueError as error:
+            raise ValueError(f"{path} cannot be resumed: {error}") from None
         return trainer
+
+    def _load_state(self, state: dict, progress: Progress) -> None:
+        """Load a checkpoint's weights, optimizer, scheduler and progress after checking that each has the
+        structure this run's own would have (torch checks little of it and fails later, mid-epoch)."""
+        _conform(state["train_model"], self.model.state_dict(), "train_model")
+        _conform(state["model"], self.final_model.state_dict(), "model")
+        # The optimizer's state as it is after one step: every parameter's tensors, in the right shapes.
+        probe = copy.deepcopy(self.model)
+        probe_optimizer, _ = build_optimizer(probe, self.recipe, self.steps_per_epoch)
+        for param in probe.parameters():
+            param.grad = torch.zeros_like(param)
+        probe_optimizer.step()
+        reference = probe_optimizer.state_dict()
+        optimizer = state["optimizer"]
+        if isinstance(optimizer, dict) and optimizer.get("state") == {}:  # saved before the first step
+            reference["state"] = {}
+        _conform(optimizer, reference, "optimizer", loose=("param_groups",))
+        # Schedulers load by updating their __dict__: keys may come and go between torch versions, types not.
+        _conform(state["scheduler"], self.scheduler.state_dict(), "scheduler", loose=("scheduler",))
+        self._check_progress(progress)
+        self.model.load_state_dict(state["train_model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(optimizer)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.progress = progress
+
+    def _check_progress(self, p: Progress) -> None:
+        if not 0 <= p.batch <= self.steps_per_epoch or p.epoch < 0:
+            raise ValueError(f"progress is at epoch {p.epoch}, batch {p.batch}; an epoch has "
+                             f"{self.steps_per_epoch} batches")
+        if p.seen != min(p.batch * self.recipe.batch_size, len(self.train_split)) or not 0 <= p.correct <= p.seen:
+            raise ValueError(f"progress counts {p.seen} images ({p.correct} right) after {p.batch} batches")
+        if len(p.history) != p.epoch:
+            raise ValueError(f"its history has {len(p.history)} epochs, its progress {p.epoch}")
+        for record in p.history:
+            if not isinstance(record, dict) or not all(_matches(record.get(key), float) for key in HISTORY_KEYS):
+                raise ValueError(f"a history record lacks one of {', '.join(HISTORY_KEYS)}")
+        if p.generator_state is not None:
+            try:
+                torch.Generator().set_state(p.generator_state)
+            except (RuntimeError, TypeError):
+                raise ValueError("progress.generator_state is not a random generator's state") from None
 
     # -- the loop ----------------------------------------------------------------------------------
     def fit(self) -> list[dict]:
-        """Train until recipe.epochs; returns the history. Ctrl-C saves a checkpoint and raises
-        KeyboardInterrupt; a NaN/inf loss raises TrainingDiverged without touching the checkpoint."""
+        """Train until recipe.epochs; returns the history. Ctrl-C saves a checkpoint and raises Interrupted
+        (a second Ctrl-C: a plain KeyboardInterrupt, at once); a NaN/inf loss raises TrainingDiverged
+        without touching the checkpoint."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        threads = torch.get_num_threads()
         with _StopFlag() as stop:
-            while self.progress.epoch < self.recipe.epochs:
-                if not self._train_epoch(stop):
+            remove_temporaries(self.run_dir)
+            # history.json follows the checkpoint's history, the record: a run killed between writing the two
+            # (or resumed when already done) is made consistent here.
+            write_history(self.run_dir, self.progress.history)
+            torch.set_num_threads(self.threads)
+            try:
+                while self.progress.epoch < self.recipe.epochs:
+                    if not self._train_epoch(stop):
+                        self.save_checkpoint()
+                        raise Interrupted
+                    self._finish_epoch()
+                if self.calibration_split is not None and not self.calibration:
+                    self.calibration = fit_temperature(self.final_model, self.calibration_split, self.device)
                     self.save_checkpoint()
-                    raise KeyboardInterrupt
-                self._finish_epoch()
-            if self.calibration_split is not None and not self.calibration:
-                self.calibration = fit_temperature(self.final_model, self.calibration_split, self.device)
-                self.save_checkpoint()
-                self.log(f"calibrated on {self.calibration['images']} held-out images: temperature "
-                         f"{self.calibration['temperature']:.3f}, ECE {self.calibration['ece_before']:.2%} -> "
-                         f"{self.calibration['ece_after']:.2%}")
+                    self.log(f"calibrated on {self.calibration['images']} held-out images: temperature "
+                             f"{self.calibration['temperature']:.3f}, ECE {self.calibration['ece_before']:.2%} -> "
+                             f"{self.calibration['ece_after']:.2%}")
+            finally:
+                torch.set_num_threads(threads)
         return self.progress.history
 
     def _train_epoch(self, stop: _StopFlag) -> bool:
@@ -308,8 +403,8 @@ class Trainer:
                 loss = F.cross_entropy(logits, labels)
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(
-                        f"loss became {loss.item()} at epoch {p.epoch + 1}, batch {batch + 1}; stopped, keeping "
-                        f"the last good checkpoint ({self.checkpoint_path}, {p.epoch} epochs); try a lower --lr")
+                        f"loss became {loss.item()} at epoch {p.epoch + 1}, batch {batch + 1}; stopped; "
+                        f"{self.saved()}; try a lower --lr")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if recipe.clip_grad_norm:
@@ -382,16 +477,109 @@ def load_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a damaged file
-        raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__})") from None
+        raise ValueError(f"{path} is not a checkpoint (torch cannot read it: {type(error).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not an edge-infer checkpoint")
     return state
 
 
+def require_keys(state: dict, keys: tuple[str, ...]) -> None:
+    """ValueError naming every key of `keys` that the checkpoint lacks."""
+    missing = [key for key in keys if key not in state]
+    if missing:
+        raise ValueError(f"the checkpoint lacks {', '.join(missing)}")
+
+
+def describe_saved(path: Path, steps_per_epoch: int) -> str:
+    """'PATH holds the end of epoch 2' / '... epoch 3, batch 17 of 47' / 'no checkpoint was saved', as on disk."""
+    if not path.exists():
+        return "no checkpoint was saved"
+    try:
+        progress = load_checkpoint(path)["progress"]
+        epoch, batch = int(progress["epoch"]), int(progress["batch"])
+    except (ValueError, KeyError, TypeError):
+        return f"{path} cannot be read back"
+    if batch == 0:
+        return f"{path} holds " + (f"the end of epoch {epoch}" if epoch else "the start of training")
+    return f"{path} holds epoch {epoch + 1}, batch {batch} of {steps_per_epoch}"
+
+
+def remove_temporaries(run_dir: Path) -> None:
+    """atomic_write's leftovers from a killed run (.checkpoint.pt.XXXXXXXX, ...)."""
+    for name in RUN_FILES:
+        for leftover in Path(run_dir).glob(f".{name}.*"):
+            leftover.unlink(missing_ok=True)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether value is of the annotated type (int for float is fine, bool for a number is not)."""
+    if get_origin(hint) is Union or type(hint).__name__ == "UnionType":
+        return any(_matches(value, option) for option in get_args(hint))
+    if hint is type(None) or hint is None:
+        return value is None
+    if hint in (int, float):
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    hint = get_origin(hint) or hint
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _checked_fields(cls: type, data: Any, where: str) -> dict:
+    """data, checked to be keyword arguments for the dataclass cls: known fields, of the annotated types."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} is a {type(data).__name__}, not a table of fields")
+    hints = get_type_hints(cls)
+    unknown = [str(key) for key in data if key not in hints]
+    if unknown:
+        raise ValueError(f"{where} has unknown fields {', '.join(unknown)}")
+    for field_ in fields(cls):
+        if field_.name not in data:
+            if field_.default is MISSING and field_.default_factory is MISSING:
+                raise ValueError(f"{where} lacks {field_.name}")
+        elif not _matches(data[field_.name], hints[field_.name]):
+            raise ValueError(f"{where}.{field_.name} is {type(data[field_.name]).__name__}, not {hints[field_.name]}")
+    return data
+
+
+def _conform(value: Any, reference: Any, where: str, loose: tuple[str, ...] = ()) -> None:
+    """ValueError naming the first place where value differs from reference in structure: keys, list
+    lengths, tensor shapes and dtypes, kinds of scalars. Under a key named in `loose`, keys missing on
+    either side are allowed (they are filled in or ignored by whoever loads them)."""
+    if isinstance(reference, dict):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} is a {type(value).__name__}, not a dict")
+        if not any(part.split("[")[0] in loose for part in where.split(".")):
+            missing = [str(k) for k in reference if k not in value]
+            extra = [str(k) for k in value if k not in reference]
+            if missing or extra:
+                raise ValueError(f"{where} " + "; ".join(
+                    ([f"lacks {', '.join(missing)}"] if missing else []) + ([f"has unexpected {', '.join(extra)}"]
+                                                                              if extra else [])))
+        for key in reference:
+            if key in value:
+                _conform(value[key], reference[key], f"{where}.{key}", loose)
+    elif isinstance(reference, (list, tuple)):
+        if not isinstance(value, (list, tuple)) or len(value) != len(reference):
+            raise ValueError(f"{where} is not a list of {len(reference)}")
+        for i, (item, expected) in enumerate(zip(value, reference)):
+            _conform(item, expected, f"{where}[{i}]", loose)
+    elif isinstance(reference, torch.Tensor):
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{where} is a {type(value).__name__}, not a tensor")
+        if value.shape != reference.shape or value.dtype != reference.dtype:
+            raise ValueError(f"{where} is {value.dtype} {list(value.shape)}, not {reference.dtype} "
+                             f"{list(reference.shape)}")
+    elif reference is not None and not (_matches(value, float) if _matches(reference, float)
+                                        else isinstance(value, type(reference))):
+        raise ValueError(f"{where} is a {type(value).__name__}, not a {type(reference).__name__}")
+
+
 def write_history(run_dir: Path, history: list[dict]) -> None:
     text = json.dumps(history, indent=1) + "\n"
     atomic_write(run_dir / "history.json", lambda tmp: Path(tmp).write_text(text))
-    plot_curves(history, run_dir / "curves.png")
+    if history:
+        plot_curves(history, run_dir / "curves.png")
+    else:  # no epoch yet: no curves (a stale plot would disagree with the history)
+        (run_dir / "curves.png").unlink(missing_ok=True)
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
