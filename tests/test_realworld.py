@@ -95,7 +95,7 @@ def realworld_sets(mnist_test):
 
 # Held-out sets (never trained or tuned on): the bundled models' floors, a few points under what
 # `python benchmarks/realworld.py` measures on the full sets (README), so a regression fails here.
-BUNDLED_FLOORS = {"uci-writers": 0.93, "fonts": 0.93, "tablet": 0.93, "postal": 0.93}
+BUNDLED_FLOORS = {"uci-writers": 0.93, "fonts": 0.92, "tablet": 0.93, "postal": 0.93}
 
 
 @pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
