@@ -8,12 +8,14 @@ import json
 import os
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import Iterator
 
 import click
 import numpy as np
 
 from edge_infer.classifier import Classifier, ModelError, Prediction, usable_cpus
+from edge_infer.progress import ProgressBar
 from edge_infer.preprocess import ImageError, preprocess
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm",
@@ -114,6 +116,25 @@ def format_line(path: str, prediction: Prediction, top_k: int, as_json: bool) ->
     return f"{path}\t{prediction.label}\t{prediction.confidence:.4f}{extra}"
 
 
+def _draw_graph(classifier: Classifier, graph_file: str) -> None:
+    from edge_infer.draw_graph import draw, summarize
+    from edge_infer.onnx_graph import OnnxFormatError, read_model
+
+    if os.path.splitext(graph_file)[1].lower() not in (".svg", ".png"):
+        _die(f"--graph {graph_file}: the picture must be a .svg or .png file")
+    try:
+        draw(summarize(read_model(Path(classifier.source).read_bytes())), graph_file)
+    except (OSError, OnnxFormatError) as error:
+        _die(f"cannot draw the graph into {graph_file}: {getattr(error, 'strerror', None) or error}")
+
+
+def _make_dir(path: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        _die(f"--save-input {path}: cannot create the directory: {error.strerror or error}")
+
+
 def _print_info(classifier: Classifier, as_json: bool) -> None:
     info = {"source": classifier.source, **asdict(classifier.info)}
     if as_json:
@@ -137,14 +158,20 @@ def _print_info(classifier: Classifier, as_json: bool) -> None:
 @click.option("--jobs", "-j", type=click.IntRange(1), default=None,
               help="Processes decoding images for large batches (default: one per CPU core).")
 @click.option("--info", is_flag=True, help="Print the model's metadata and exit.")
+@click.option("--graph", "graph_file", type=click.Path(dir_okay=False), default=None,
+              help="Draw the model's graph into FILE (.svg or .png), then exit unless images are given.")
+@click.option("--save-input", "save_dir", type=click.Path(file_okay=False), default=None,
+              help="Write DIR/<image name>.png for each image: the original, the 28x28 input the model saw, "
+                   "and the top-3 probabilities.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar (shown only on a terminal, for many images).")
 @click.version_option(package_name="edge-infer")
-def main(paths, as_json, top_k, model, int8, threads, provider, jobs, info) -> None:
+def main(paths, as_json, top_k, model, int8, threads, provider, jobs, info, graph_file, save_dir, quiet) -> None:
     """Classify handwritten or printed digits in PATH... (image files, directories, or - for stdin).
 
     Prints one line per image: path, digit, confidence (tab-separated); '-' for the digit when the image
     holds none.
     """
-    if not paths and not info:
+    if not paths and not info and not graph_file:
         _die("no input: give image files, directories, or - for stdin (see --help)")
     if paths.count("-") > 1:
         _die("stdin ('-') can be read only once")
@@ -157,8 +184,13 @@ def main(paths, as_json, top_k, model, int8, threads, provider, jobs, info) -> N
         _die(str(error))
     if info:
         _print_info(classifier, as_json)
-        if not paths:
-            return
+    if graph_file:
+        _draw_graph(classifier, graph_file)
+    if not paths:
+        return
+    if save_dir:
+        _make_dir(save_dir)
+        from edge_infer.input_picture import save_explanation  # Pillow's drawing code: only when asked for
 
     stdin = sys.stdin.buffer.read() if "-" in paths else None
     jobs = jobs or usable_cpus()
@@ -166,20 +198,33 @@ def main(paths, as_json, top_k, model, int8, threads, provider, jobs, info) -> N
     predicted = classify_all([path for path, error in inputs if error is None], stdin, classifier, options, jobs)
     failed = False
     lines: list[str] = []
+    bar = ProgressBar(len(inputs), enabled=not quiet)
+    saved_names: set[str] = set()
     try:
         for index, (path, error) in enumerate(inputs, 1):
             result = error if error is not None else next(predicted)
+            bar.update(index)
             if isinstance(result, str):
                 failed = True
+                bar.clear()
                 click.echo(f"edge-infer: {path}: {result}", err=True)
                 if as_json:
                     lines.append(json.dumps({"path": path, "error": result}))
             else:
                 lines.append(format_line(path, result, top_k, as_json))
+                if save_dir:
+                    try:
+                        save_explanation(stdin if path == "-" else path, path, result, save_dir, saved_names)
+                    except (OSError, ValueError) as error:
+                        failed = True
+                        bar.clear()
+                        click.echo(f"edge-infer: {path}: cannot save its picture in {save_dir}: "
+                                   f"{getattr(error, 'strerror', None) or error}", err=True)
             if lines and (index % CHUNK == 0 or index == len(inputs)):
                 sys.stdout.write("\n".join(lines) + "\n")
                 sys.stdout.flush()
                 lines.clear()
+        bar.finish()
     except BrokenPipeError:  # e.g. piped into `head`: stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

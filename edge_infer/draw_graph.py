@@ -441,7 +441,7 @@ def to_svg(summary: GraphSummary) -> str:
     return "\n".join(out) + "\n"
 
 
-def _font(size: int, bold: bool = False):
+def load_font(size: int, bold: bool = False):
     from PIL import ImageFont
 
     for name in (("DejaVuSansMono-Bold.ttf" if bold else "DejaVuSansMono.ttf"), "DejaVuSans.ttf"):
@@ -462,8 +462,8 @@ def to_png(summary: GraphSummary, scale: float = 1.5):
     shapes, width, height = _layout(summary)
     image = Image.new("RGB", (int(width * scale), int(height * scale)), "white")
     draw = ImageDraw.Draw(image)
-    fonts = {False: _font(int(FONT * scale)), True: _font(int(FONT * scale), bold=True),
-             "title": _font(int((FONT + 3) * scale), bold=True)}
+    fonts = {False: load_font(int(FONT * scale)), True: load_font(int(FONT * scale), bold=True),
+             "title": load_font(int((FONT + 3) * scale), bold=True)}
 
     def p(point):
         return (point[0] * scale, point[1] * scale)
