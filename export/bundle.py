@@ -43,7 +43,7 @@ def main() -> None:
     fp32, int8 = (MODELS_DIR / BUNDLED[False]), (MODELS_DIR / BUNDLED[True])
     rel = lambda p: str(p.relative_to(Path.cwd())) if p.is_relative_to(Path.cwd()) else str(p)  # noqa: E731
     commands = [
-        ["edge-train", "--out", args.run_dir, "--data-dir", args.data_dir, "--seed", str(SEED), "--quiet"],
+        ["edge-train", "--out", args.run_dir, "--data-dir", args.data_dir, "--seed", str(SEED)],
         ["edge-export", f"{args.run_dir}/checkpoint.pt", "--out", rel(fp32), "--int8", rel(int8),
          "--data-dir", args.data_dir],
     ]

@@ -25,6 +25,7 @@ from edge_infer.model_info import INPUT_NAME, ModelInfo
 from export.graph import FORMS, IR_FOR_OPSET, MIN_ORT_FOR_OPSET, OPSETS, build_model
 from train.data import Split
 from train.model import DigitRNN, ModelConfig
+from train.report import prediction_changes
 from train.trainer import atomic_write, load_checkpoint
 
 PARITY_IMAGES = 1000
@@ -50,6 +51,7 @@ class ExportReport:
     parity_images: int
     int8_path: Path | None = None
     int8_accuracy: float | None = None
+    int8_changes: str = ""  # which fp32 predictions int8 changes (train.report.prediction_changes)
 
     def summary(self) -> str:
         lines = [f"parity on {self.parity_images} MNIST test images: max |logit diff| {self.max_abs_diff:.2e} "
@@ -62,6 +64,8 @@ class ExportReport:
             lines.append(f"int8: {self.int8_path} ({self.int8_path.stat().st_size / 1024:.1f} KiB, {ratio:.0%} of fp32), "
                          f"MNIST test accuracy {self.int8_accuracy:.2%} "
                          f"({(self.int8_accuracy - self.fp32_accuracy) * 100:+.2f} points)")
+            if self.int8_changes:
+                lines.append(self.int8_changes)
         return "\n".join(lines)
 
 
@@ -241,7 +245,8 @@ def export(checkpoint: Path, out: Path, test: Split, int8_out: Path | None = Non
         raise ExportError(f"parity check failed on {parity_images} MNIST test images: max |logit diff| "
                           f"{max_diff:.2e} (limit {PARITY_MAX_ABS_DIFF:.0e}), argmax agreement {agreement:.2%} "
                           f"(need 100%); nothing written")
-    fp32_accuracy = float((onnx_logits(fp32, images).argmax(1) == labels).mean())
+    fp32_predicted = onnx_logits(fp32, images).argmax(1)
+    fp32_accuracy = float((fp32_predicted == labels).mean())
     checks = {"parity_images": parity_images, "max_abs_logit_diff": max_diff, "argmax_agreement": agreement,
               "checkpoint_test_accuracy": state.get("test_acc")}
     fp32 = finish(fp32, info("fp32", fp32_accuracy, checks, form), opset)
@@ -255,7 +260,8 @@ def export(checkpoint: Path, out: Path, test: Split, int8_out: Path | None = Non
         recurrent = integer_recurrent_ops(int8)
         if not recurrent:
             raise ExportError("int8 graph has no integer ops on the recurrent weights; nothing written")
-        int8_accuracy = float((onnx_logits(int8, images).argmax(1) == labels).mean())
+        int8_predicted = onnx_logits(int8, images).argmax(1)
+        int8_accuracy = float((int8_predicted == labels).mean())
         drop = fp32_accuracy - int8_accuracy
         if drop > INT8_MAX_ACCURACY_DROP:
             raise ExportError(f"int8 MNIST test accuracy {int8_accuracy:.2%} is {drop * 100:.2f} points below fp32 "
@@ -264,6 +270,7 @@ def export(checkpoint: Path, out: Path, test: Split, int8_out: Path | None = Non
                        "integer_recurrent_ops": len(recurrent), "weights": "int8 per-channel, dynamic uint8 activations"}
         int8 = finish(int8, info("int8", int8_accuracy, int8_checks, "per-step-int8"), opset)
         report.int8_path, report.int8_accuracy = int8_out, int8_accuracy
+        report.int8_changes = prediction_changes(fp32_predicted, int8_predicted, labels)
 
     # Write only after every check passed.
     save(fp32, out)
