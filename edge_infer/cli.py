@@ -120,7 +120,7 @@ def _draw_graph(classifier: Classifier, graph_file: str) -> None:
     from edge_infer.draw_graph import draw, summarize
     from edge_infer.onnx_graph import OnnxFormatError, read_model
 
-    if os.path.splitext(graph_file)[1].lower() not in (".svg", ".png"):
+    if os.path.isdir(graph_file) or os.path.splitext(graph_file)[1].lower() not in (".svg", ".png"):
         _die(f"--graph {graph_file}: the picture must be a .svg or .png file")
     try:
         draw(summarize(read_model(Path(classifier.source).read_bytes())), graph_file)
@@ -131,6 +131,8 @@ def _draw_graph(classifier: Classifier, graph_file: str) -> None:
 def _make_dir(path: str) -> None:
     try:
         os.makedirs(path, exist_ok=True)
+    except FileExistsError:
+        _die(f"--save-input {path}: it is a file, not a directory")
     except OSError as error:
         _die(f"--save-input {path}: cannot create the directory: {error.strerror or error}")
 
@@ -158,9 +160,9 @@ def _print_info(classifier: Classifier, as_json: bool) -> None:
 @click.option("--jobs", "-j", type=click.IntRange(1), default=None,
               help="Processes decoding images for large batches (default: one per CPU core).")
 @click.option("--info", is_flag=True, help="Print the model's metadata and exit.")
-@click.option("--graph", "graph_file", type=click.Path(dir_okay=False), default=None,
+@click.option("--graph", "graph_file", metavar="FILE", default=None,
               help="Draw the model's graph into FILE (.svg or .png), then exit unless images are given.")
-@click.option("--save-input", "save_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--save-input", "save_dir", metavar="DIR", default=None,
               help="Write DIR/<image name>.png for each image: the original, the 28x28 input the model saw, "
                    "and the top-3 probabilities.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar (shown only on a terminal, for many images).")

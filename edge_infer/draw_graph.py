@@ -142,7 +142,7 @@ def _find_group(s: _Structure, free: int) -> Group | None:
     classes: dict = {}
     for i in _bits(free):
         classes.setdefault(s.sig2[i], []).append(i)
-    best = None
+    candidates = []
     for members in classes.values():
         if len(members) < MIN_REPEATS or not all(s.anc[b] >> a & 1 for a, b in zip(members, members[1:])):
             continue
@@ -164,11 +164,14 @@ def _find_group(s: _Structure, free: int) -> Group | None:
         if any(not block for block in blocks):
             continue
         group = _group(s, chain, blocks)
-        # The most steps; then the cut that the fewest values cross (the loop-carried state); then the latest.
-        key = (group.repeats, -_crossings(s, blocks), chain[-1])
-        if best is None or key > best[0]:
-            best = (key, group)
-    return None if best is None else best[1]
+        candidates.append(((group.repeats, -_crossings(s, blocks), chain[-1]), group))
+    if not candidates:
+        return None
+    # Loops in graph order: the first loop's cuts are the candidates that share most nodes with the earliest.
+    first = min(candidates, key=lambda c: min(c[1].nodes))[1].nodes
+    same_loop = [c for c in candidates if 2 * len(c[1].nodes & first) >= min(len(c[1].nodes), len(first))]
+    # The most steps; then the cut that the fewest values cross (the loop-carried state); then the latest.
+    return max(same_loop, key=lambda c: c[0])[1]
 
 
 def _group(s: _Structure, chain: list[int], blocks: list[set[int]]) -> Group:
