@@ -415,8 +415,9 @@ def to_svg(summary: GraphSummary) -> str:
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
            f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="DejaVu Sans Mono, Menlo, Consolas, monospace" '
            f'font-size="{FONT}">',
-           '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
-           'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="context-stroke"/></marker></defs>',
+           "<defs>" + "".join(f'<marker id="{kind}" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
+                              f'markerHeight="7" orient="auto"><path d="M 0 0 L 10 5 L 0 10 z" fill="{COLOURS[kind]}"/>'
+                              f'</marker>' for kind in ("edge", "loop")) + "</defs>",
            f'<rect width="100%" height="100%" fill="white"/>']
     for shape in shapes:
         if shape.kind in ("box", "frame"):
@@ -435,7 +436,7 @@ def to_svg(summary: GraphSummary) -> str:
             dash = ' stroke-dasharray="4 3"' if shape.style == "loop" else ""
             points = " ".join(f"{x:.1f},{y:.1f}" for x, y in shape.points)
             out.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="1.2"{dash} '
-                       f'marker-end="url(#arrow)"/>')
+                       f'marker-end="url(#{"loop" if shape.style == "loop" else "edge"})"/>')
         elif shape.kind == "text":
             (x, y), = shape.points
             out.append(f'<text x="{x:.1f}" y="{y:.1f}" fill="{COLOURS[shape.style]}" font-size="{FONT - 1}">'

@@ -355,3 +355,20 @@ def test_recipe_text_shows_only_what_applies():
     assert "identity_init" not in gru and "lr=0.004" in gru and "epochs=14" in gru  # IRNN only changes rnn
     seed = recipe_text(PRESETS["seed"], "rnn")
     assert seed == "optimizer=rmsprop lr=0.0003 batch_size=64 epochs=30 schedule=constant"
+
+
+def test_readme_pictures_are_what_the_script_makes(tmp_path):
+    """docs/ holds what `python examples/make_pictures.py` makes from the bundled models today."""
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "make_pictures.py"), "--out", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert result.returncode == 0, result.stderr.decode()
+    docs = ROOT / "docs"
+    for name in ("graph.svg", "graph-int8.svg"):
+        assert (tmp_path / name).read_text() == (docs / name).read_text(), f"docs/{name} is stale: rerun the script"
+    with Image.open(tmp_path / "photo-4-input.png") as new, Image.open(docs / "photo-4-input.png") as committed:
+        assert new.size == committed.size
+        box = model_input_box()
+        assert np.array_equal(np.asarray(new.convert("L").crop(box)), np.asarray(committed.convert("L").crop(box)))
+    readme = (ROOT / "README.md").read_text()
+    assert "](docs/graph.svg)" in readme and "](docs/photo-4-input.png)" in readme
+    assert "python examples/make_pictures.py" in readme
