@@ -15,11 +15,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape
 
-from edge_infer.onnx_graph import INTEGER_TYPES, ModelGraph, Node, ValueInfo
+from edge_infer.onnx_graph import ModelGraph, Node, ValueInfo
 
-__all__ = ["GraphSummary", "Group", "INTEGER_OPS", "draw", "summarize", "to_png", "to_svg"]
+__all__ = ["INTEGER_OPS", "GraphSummary", "Group", "draw", "load_font", "summarize", "to_png", "to_svg"]
 
 # Ops that compute on integers (their inputs or outputs are quantized tensors).
 INTEGER_OPS = frozenset({"MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv", "QLinearAdd", "QGemm",
@@ -289,7 +290,7 @@ def _side_edges(edges, order: dict) -> int:
 def _layout(summary: GraphSummary) -> tuple[list[_Shape], float, float]:
     graph = summary.graph
     shapes: list[_Shape] = []
-    rows: list[tuple[str, object, list[str]]] = [("io", v, ["input", value_text(v)]) for v in graph.inputs]
+    rows: list[tuple[str, Any, list[str]]] = [("io", v, ["input", value_text(v)]) for v in graph.inputs]
     rows += [("group" if isinstance(item, Group) else "node", item,
               [] if isinstance(item, Group) else summary.node_text(item)) for item in summary.items]
     rows += [("io", v, ["output", value_text(v)]) for v in graph.outputs]
@@ -418,7 +419,7 @@ def to_svg(summary: GraphSummary) -> str:
            "<defs>" + "".join(f'<marker id="{kind}" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
                               f'markerHeight="7" orient="auto"><path d="M 0 0 L 10 5 L 0 10 z" fill="{COLOURS[kind]}"/>'
                               f'</marker>' for kind in ("edge", "loop")) + "</defs>",
-           f'<rect width="100%" height="100%" fill="white"/>']
+           '<rect width="100%" height="100%" fill="white"/>']
     for shape in shapes:
         if shape.kind in ("box", "frame"):
             (x1, y1), (x2, y2) = shape.points

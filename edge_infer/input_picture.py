@@ -79,7 +79,7 @@ def explain(image: ImageInput, classifier: Classifier | None = None, *, predicti
         bar_h = (PANEL - 2 * MARGIN) // TOP_K
         for rank, (label, probability) in enumerate(prediction.top_k(TOP_K)):
             y = top + MARGIN + rank * bar_h
-            length = max(1, int(round((PANEL - 80) * probability)))
+            length = max(1, round((PANEL - 80) * probability))
             draw.text((left, y + bar_h // 2 - 9), str(label), fill=INK, font=bold)
             draw.rectangle([left + 18, y + 8, left + 18 + length, y + bar_h - 8], fill=BAR_TOP if rank == 0 else BAR)
             draw.text((left + 24 + length, y + bar_h // 2 - 9), f"{probability:.2%}", fill=INK, font=font)

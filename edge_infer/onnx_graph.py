@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["DATA_TYPES", "ModelGraph", "Node", "OnnxFormatError", "Tensor", "ValueInfo", "read_model"]
+__all__ = ["DATA_TYPES", "INTEGER_TYPES", "ModelGraph", "Node", "OnnxFormatError", "Tensor", "ValueInfo", "read_model"]
 
 
 class OnnxFormatError(ValueError):
@@ -101,6 +101,7 @@ def _fields(buf: bytes, start: int = 0, end: int | None = None):
     while pos < end:
         key, pos = _varint(buf, pos, end)
         number, wire = key >> 3, key & 7
+        value: int | tuple[int, int]
         if wire == 0:
             value, pos = _varint(buf, pos, end)
         elif wire == 1:

@@ -201,7 +201,7 @@ def test_save_input_middle_panel_is_exactly_the_model_input(tmp_path):
 def test_explain_is_public_and_handles_every_input_kind(tmp_path, mnist_test):
     import edge_infer
 
-    images, labels = mnist_test
+    images, _ = mnist_test
     digit = images[0]
     (tmp_path / "d.png").write_bytes(_png(digit))
     for source in (digit, Image.fromarray(digit), str(tmp_path / "d.png"), (tmp_path / "d.png").read_bytes()):

@@ -31,7 +31,7 @@ def model_summary(model: nn.Module) -> str:
     lines = ([f"{config}"] if config is not None else []) + [str(model), "", f"{'parameter':<24} {'shape':<16} {'count':>9}"]
     total = 0
     for name, param in model.named_parameters():
-        lines.append(f"{name:<24} {str(list(param.shape)):<16} {param.numel():>9,}")
+        lines.append(f"{name:<24} {list(param.shape)!s:<16} {param.numel():>9,}")
         total += param.numel()
     lines.append(f"{'total':<24} {'':<16} {total:>9,}")
     return "\n".join(lines) + "\n"
