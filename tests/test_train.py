@@ -78,7 +78,8 @@ def test_short_run_learns_and_writes_three_files(tmp_path, data_root):
     result = run_train("--limit-train", "6000", "--epochs", "3", "--hidden", "64", "--data-dir", str(data_root),
                        "--no-download", "--out", str(out))
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "curves.png", "history.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "curves.png", "history.json", "model.txt",
+                                                     "report.json", "report.png"]
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     history = json.loads((out / "history.json").read_text())
     # Held-out accuracy on all 10,000 test images, far above chance (10 %).
