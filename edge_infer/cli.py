@@ -163,8 +163,8 @@ def _print_info(classifier: Classifier, as_json: bool) -> None:
 @click.option("--graph", "graph_file", metavar="FILE", default=None,
               help="Draw the model's graph into FILE (.svg or .png), then exit unless images are given.")
 @click.option("--save-input", "save_dir", metavar="DIR", default=None,
-              help="Write DIR/<image name>.png for each image: the original, the 28x28 input the model saw, "
-                   "and the top-3 probabilities.")
+              help="Write DIR/<image name>.png for each image (a repeated name gets -2, -3, ...): the original, "
+                   "the 28x28 input the model saw, and the top-3 probabilities.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar (shown only on a terminal, for many images).")
 @click.version_option(package_name="edge-infer")
 def main(paths, as_json, top_k, model, int8, threads, provider, jobs, info, graph_file, save_dir, quiet) -> None:
@@ -223,6 +223,7 @@ def main(paths, as_json, top_k, model, int8, threads, provider, jobs, info, grap
                         click.echo(f"edge-infer: {path}: cannot save its picture in {save_dir}: "
                                    f"{getattr(error, 'strerror', None) or error}", err=True)
             if lines and (index % CHUNK == 0 or index == len(inputs)):
+                bar.clear()  # stdout may be the same terminal
                 sys.stdout.write("\n".join(lines) + "\n")
                 sys.stdout.flush()
                 lines.clear()

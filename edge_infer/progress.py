@@ -17,7 +17,8 @@ class ProgressBar:
         self.total = total
         self.enabled = enabled and total >= MIN_IMAGES and _is_terminal(self.stream)
         self.start = self._last = time.perf_counter()
-        self._shown = False
+        self._shown = False  # the bar is on the terminal's current line
+        self._drawn = False  # it has been drawn at least once
 
     def update(self, done: int) -> None:
         if not self.enabled:
@@ -30,11 +31,11 @@ class ProgressBar:
         filled = int(WIDTH * done / self.total)
         self.stream.write(f"\r[{'#' * filled}{'.' * (WIDTH - filled)}] {done:,}/{self.total:,}  {rate:,.0f} images/s")
         self.stream.flush()
-        self._shown = True
+        self._shown = self._drawn = True
 
     def finish(self) -> None:
         """Leave the final count and rate on the terminal."""
-        if self._shown:
+        if self._drawn:
             self._last = 0.0
             self.update(self.total)
             self.stream.write("\n")
