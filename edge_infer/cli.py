@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edge_infer.classifier import Classifier, ModelError, Prediction, usable_cpus
+from edge_infer.progress import ProgressBar
 from edge_infer.preprocess import ImageError, ImageInput
 
 if TYPE_CHECKING:
@@ -44,6 +45,9 @@ class Options:
     info: bool = False
     min_confidence: float = 0.0
     number: bool = False  # read each image as one number (a line of digits)
+    graph_file: str | None = None  # draw the model's graph here (.svg or .png)
+    save_dir: str | None = None  # write what the model saw, per image, into this directory
+    quiet: bool = False  # no progress bar
 
     def classifier_options(self) -> dict:
         return {"model": self.model, "int8": self.int8, "threads": self.threads, "provider": self.provider,
@@ -200,6 +204,29 @@ def format_number(path: str, reading: NumberReading, as_json: bool) -> str:
     return f"{display(path)}\t{reading.text or '-'}\t{reading.confidence:.4f}"
 
 
+def _draw_graph(classifier: Classifier, graph_file: str) -> None:
+    from pathlib import Path
+
+    from edge_infer.draw_graph import draw, summarize
+    from edge_infer.onnx_graph import OnnxFormatError, read_model
+
+    if os.path.isdir(graph_file) or os.path.splitext(graph_file)[1].lower() not in (".svg", ".png"):
+        _die(f"--graph {graph_file}: the picture must be a .svg or .png file")
+    try:
+        draw(summarize(read_model(Path(classifier.source).read_bytes())), graph_file)
+    except (OSError, OnnxFormatError) as error:
+        _die(f"cannot draw the graph into {graph_file}: {getattr(error, 'strerror', None) or error}")
+
+
+def _make_dir(path: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except FileExistsError:
+        _die(f"--save-input {path}: it is a file, not a directory")
+    except OSError as error:
+        _die(f"--save-input {path}: cannot create the directory: {error.strerror or error}")
+
+
 def format_error(path: str, error: ImageError, as_json: bool) -> str:
     if as_json:
         import json
@@ -228,7 +255,7 @@ def run(paths: tuple[str, ...] | list[str], options: Options) -> None:
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")  # a file name never crashes the output
-    if not paths and not options.info:
+    if not paths and not options.info and not options.graph_file:
         _die("no input: give image files, directories, or - for stdin (see --help)")
     if list(paths).count("-") > 1:
         _die("stdin ('-') can be read only once")
@@ -242,8 +269,13 @@ def run(paths: tuple[str, ...] | list[str], options: Options) -> None:
         _die(str(error))
     if options.info:
         _print_info(classifier, options.as_json)
-        if not paths:
-            return
+    if options.graph_file:
+        _draw_graph(classifier, options.graph_file)
+    if not paths:
+        return
+    if options.save_dir:
+        _make_dir(options.save_dir)
+        from edge_infer.input_picture import save_explanation  # Pillow's drawing code: only when asked for
 
     stdin = sys.stdin.buffer.read() if "-" in paths else None
     jobs = options.jobs or usable_cpus()
@@ -254,11 +286,15 @@ def run(paths: tuple[str, ...] | list[str], options: Options) -> None:
         else classify_all(good, stdin, classifier, options.classifier_options(), jobs))
     failed = False
     lines: list[str] = []
+    bar = ProgressBar(len(inputs), enabled=not options.quiet)
+    saved_names: set[str] = set()
     try:
         for index, (path, refused) in enumerate(inputs, 1):
             result = refused if refused is not None else next(predicted)
+            bar.update(index)
             if isinstance(result, ImageError):
                 failed = True
+                bar.clear()
                 sys.stderr.write(format_error(path, result, False) + "\n")
                 if options.as_json:
                     lines.append(format_error(path, result, True))
@@ -266,10 +302,20 @@ def run(paths: tuple[str, ...] | list[str], options: Options) -> None:
                 lines.append(format_number(path, result, options.as_json))
             else:
                 lines.append(format_line(path, result, options.top_k, options.as_json))
+                if options.save_dir:
+                    try:
+                        save_explanation(stdin if path == "-" else path, path, result, options.save_dir, saved_names)
+                    except (OSError, ValueError) as error:
+                        failed = True
+                        bar.clear()
+                        sys.stderr.write(f"{PROG}: {display(path)}: cannot save its picture in {options.save_dir}: "
+                                         f"{getattr(error, 'strerror', None) or error}\n")
             if lines and (index % FLUSH_EVERY == 0 or index == len(inputs)):
+                bar.clear()  # stdout may be the same terminal
                 sys.stdout.write("\n".join(lines) + "\n")
                 sys.stdout.flush()
                 lines.clear()
+        bar.finish()
     except BrokenPipeError:  # e.g. piped into `head`: stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -311,6 +357,12 @@ def _command() -> click.Command:
     @click.option("--number", is_flag=True, help="Read each image as one number (a line of digits): path, digits, "
                   "confidence (the product of the digits'); with --json also each digit's label, confidence and box.")
     @click.option("--info", is_flag=True, help="Print the model's metadata and exit.")
+    @click.option("--graph", "graph_file", metavar="FILE", default=defaults.graph_file,
+                  help="Draw the model's graph into FILE (.svg or .png), then exit unless images are given.")
+    @click.option("--save-input", "save_dir", metavar="DIR", default=defaults.save_dir,
+                  help="Write DIR/<image name>.png for each image (a repeated name gets -2, -3, ...): the original, "
+                       "the 28x28 input the model saw, and the top-3 probabilities.")
+    @click.option("--quiet", "-q", is_flag=True, help="No progress bar (shown only on a terminal, for many images).")
     @click.version_option(package_name="edge-infer")
     def command(paths: tuple[str, ...], **settings) -> None:
         """Classify handwritten or printed digits in PATH... (image files, directories, or - for stdin).

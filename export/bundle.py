@@ -59,7 +59,7 @@ def main() -> None:
     rel = lambda p: str(p.relative_to(Path.cwd())) if p.is_relative_to(Path.cwd()) else str(p)  # noqa: E731
     commands = [
         ["edge-train", "--cell", CELL, "--out", args.run_dir, "--data-dir", args.data_dir, "--seed", str(SEED),
-         "--threads", str(THREADS), "--quiet"],
+         "--threads", str(THREADS)],
         ["edge-export", f"{args.run_dir}/checkpoint.pt", "--out", rel(fp32), "--int8", rel(int8),
          "--data-dir", args.data_dir],
     ]

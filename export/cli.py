@@ -47,16 +47,21 @@ def _fail(message: str, code: int = 2) -> None:
     help="MNIST for the parity and accuracy checks (torchvision layout: DIR/MNIST/raw/).",
 )
 @click.option("--no-download", is_flag=True, help="Never download MNIST; fail if it is missing.")
-def main(checkpoint, out, int8_out, opset, form, data_dir, no_download) -> None:
+@click.option("--graph", "graph_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw the exported graph into FILE (.svg or .png); with --int8, the int8 graph goes to "
+                   "FILE-int8.svg/.png.")
+def main(checkpoint, out, int8_out, opset, form, data_dir, no_download, graph_file) -> None:
     """Export an edge-train CHECKPOINT to ONNX, after checking parity with torch on real MNIST images."""
     from export.export import CheckpointError, ExportError, export, load_trained
     from train.data import DataError, load_mnist
 
     if not checkpoint.is_file():
         _fail(f"no checkpoint at {checkpoint}")
-    for path in (out, int8_out):
+    for path in (out, int8_out, graph_file):
         if path is not None and path.is_dir():
-            _fail(f"{path} is a directory; give the .onnx file to write")
+            _fail(f"{path} is a directory; give the file to write")
+    if graph_file is not None and graph_file.suffix.lower() not in (".svg", ".png"):
+        _fail(f"--graph {graph_file}: the picture must be a .svg or .png file")
     try:
         load_trained(checkpoint)  # "not a checkpoint" before MNIST is looked for (or downloaded)
         _, test = load_mnist(data_dir, download=not no_download)
@@ -68,3 +73,20 @@ def main(checkpoint, out, int8_out, opset, form, data_dir, no_download) -> None:
     except OSError as error:  # e.g. no permission to write there
         _fail(f"cannot write the model: {error.strerror or error} ({error.filename or out})", code=1)
     click.echo(report.summary())
+    if graph_file is not None:
+        _draw_graphs(graph_file, out, int8_out)
+
+
+def _draw_graphs(graph_file: Path, out: Path, int8_out: Path | None) -> None:
+    from edge_infer.draw_graph import draw, summarize
+    from edge_infer.onnx_graph import read_model
+
+    pictures = [(out, graph_file)]
+    if int8_out is not None:
+        pictures.append((int8_out, graph_file.with_name(f"{graph_file.stem}-int8{graph_file.suffix}")))
+    for model, picture in pictures:
+        try:
+            draw(summarize(read_model(model.read_bytes())), picture)
+        except OSError as error:
+            _fail(f"cannot write the graph picture {picture}: {error.strerror or error}", code=1)
+        click.echo(f"graph: {picture}")

@@ -36,6 +36,7 @@ from export.graph import FORMS, IR_FOR_OPSET, MIN_ORT_FOR_OPSET, OPSETS, build_g
 from train.data import Split
 from train.files import atomic_write
 from train.model import DigitRNN, ModelConfig
+from train.report import prediction_changes
 from train.trainer import load_checkpoint, require_keys
 
 PARITY_IMAGES = 1000
@@ -64,6 +65,7 @@ class ExportReport:
     int8_accuracy: float | None = None
     paths: dict[str, Path] = field(default_factory=dict)  # every format written: {format: path}
     infos: dict[str, ModelInfo] = field(default_factory=dict)  # and the metadata it carries
+    int8_changes: str = ""  # which fp32 predictions int8 changes (train.report.prediction_changes)
 
     def summary(self) -> str:
         lines = [f"parity on {self.parity_images} MNIST test images: max |logit diff| {self.max_abs_diff:.2e} "
@@ -76,6 +78,8 @@ class ExportReport:
             lines.append(f"int8: {self.int8_path} ({self.int8_path.stat().st_size / 1024:.1f} KiB, {ratio:.0%} of fp32), "
                          f"MNIST test accuracy {self.int8_accuracy:.2%} "
                          f"({(self.int8_accuracy - self.fp32_accuracy) * 100:+.2f} points)")
+            if self.int8_changes:
+                lines.append(self.int8_changes)
         return "\n".join(lines)
 
 
@@ -374,4 +378,6 @@ def export(checkpoint: Path, out: Path, test: Split, int8_out: Path | None = Non
                           infos={name: src.shipped[name].info for name in wanted})
     if "int8" in wanted:
         report.int8_path, report.int8_accuracy = Path(wanted["int8"]), src.shipped["int8"].info.mnist_test_accuracy
+        fp32_read, int8_read = (onnx_logits(src.shipped[name].blob, images).argmax(1) for name in ("fp32", "int8"))
+        report.int8_changes = prediction_changes(fp32_read, int8_read, src.labels)
     return report

@@ -48,30 +48,34 @@ def _fail(message: str, code: int = 2) -> None:
                    "machine; with --resume, the run's own). Runs are repeatable for the same --seed and --threads.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or per-epoch lines.")
+@click.option("--report", "report_only", is_flag=True,
+              help="Only redraw report.png (and report.json) of the finished run in --out; no training.")
 def main(preset, cell, hidden, layers, epochs, lr, batch_size, augment, data_dir, no_download, out_dir, resume,
-         limit_train, seed, threads, device, quiet) -> None:
+         limit_train, seed, threads, device, quiet, report_only) -> None:
     """Train the row-by-row RNN digit classifier on MNIST.
 
-    Writes checkpoint.pt, history.json and curves.png into the run directory.
+    Writes checkpoint.pt, history.json, curves.png, model.txt and report.png (where the model errs on
+    MNIST test) into the run directory.
     """
     try:
         _main(preset, cell, hidden, layers, epochs, lr, batch_size, augment, data_dir, no_download, out_dir, resume,
-              limit_train, seed, threads, device, quiet)
+              limit_train, seed, threads, device, quiet, report_only)
     except KeyboardInterrupt:  # Ctrl-C during start-up (importing torch, loading MNIST): nothing written yet
         click.echo("edge-train: interrupted before training started; nothing was written", err=True)
         sys.exit(130)
 
 
 def _main(preset, cell, hidden, layers, epochs, lr, batch_size, augment, data_dir, no_download, out_dir, resume,
-          limit_train, seed, threads, device, quiet) -> None:
+          limit_train, seed, threads, device, quiet, report_only) -> None:
     import torch
 
     from train.data import DataError, load_mnist
     from train.model import ModelConfig
+    from train.report import EMA_NOTE, MODEL_TXT, load_run_model, model_summary, recipe_text, write_report
     from train.trainer import Interrupted, Trainer, TrainingDiverged, load_checkpoint, preset_recipe
 
-    if resume and out_dir is None:
-        _fail("--resume needs --out DIR (the run to continue)")
+    if (resume or report_only) and out_dir is None:
+        _fail(f"--{'resume' if resume else 'report'} needs --out DIR (the run to continue or report on)")
     state = None
     if resume:
         try:
@@ -86,6 +90,16 @@ def _main(preset, cell, hidden, layers, epochs, lr, batch_size, augment, data_di
     elif device == "cuda" and not torch.cuda.is_available():
         _fail("--device cuda: no CUDA device is available")
     out_dir = out_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    if report_only:
+        try:
+            model = load_run_model(out_dir / "checkpoint.pt")
+            report = write_report(out_dir, model.to(device), load_mnist(data_dir, download=not no_download)[1], device)
+        except (ValueError, DataError) as error:
+            _fail(str(error))
+        except OSError as error:
+            _fail(f"cannot write the report into {out_dir}: {error.strerror or error}", code=1)
+        click.echo(f"report: {out_dir / 'report.png'} (MNIST test accuracy {report.accuracy:.2%})")
+        return
     if not resume and (out_dir / "checkpoint.pt").exists():
         _fail(f"{out_dir} already holds a run; use --resume to continue it, or another --out")
 
@@ -118,8 +132,12 @@ def _main(preset, cell, hidden, layers, epochs, lr, batch_size, augment, data_di
 
     _check_writable(out_dir)
     log(f"training {trainer.config.cell}-{trainer.config.hidden}x{trainer.config.layers} on {len(trainer.train_split)} "
-        f"images ({device}, --threads {trainer.threads}), recipe {trainer.recipe}, into {out_dir}")
+        f"images ({device}, --threads {trainer.threads}) into {out_dir}\nrecipe: "
+        f"{recipe_text(trainer.recipe, trainer.config.cell)}")
+    if trainer.recipe.ema_decay:
+        log(EMA_NOTE)
     try:
+        (out_dir / MODEL_TXT).write_text(model_summary(trainer.model))
         history = trainer.fit()
     except KeyboardInterrupt as interrupt:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # another Ctrl-C must not cut the message short
@@ -139,6 +157,10 @@ def _main(preset, cell, hidden, layers, epochs, lr, batch_size, augment, data_di
         _fail(str(error), code=1)
     except OSError as error:  # e.g. the disk filled up while writing a checkpoint
         _fail(f"cannot write to {out_dir}: {error.strerror or error}; {trainer.saved()}", code=1)
+    try:
+        write_report(out_dir, trainer.final_model, test_split, device)
+    except OSError as error:
+        _fail(f"cannot write the report into {out_dir}: {error.strerror or error}", code=1)
     if history:
         last = history[-1]
         click.echo(f"done: test accuracy {last['test_acc']:.2%} after {last['epoch']} epochs, "

@@ -586,16 +586,20 @@ def plot_curves(history: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     epochs = [h["epoch"] for h in history]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, title in ((loss_ax, "loss", "Loss"), (acc_ax, "acc", "Accuracy")):
+    for ax, key, title, ylabel in ((loss_ax, "loss", "Loss", "cross-entropy"), (acc_ax, "acc", "Accuracy", "accuracy")):
         ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
         ax.plot(epochs, [h[f"test_{key}"] for h in history], "o-", label="test")
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs, also for 1-3 epoch runs
         ax.grid(alpha=0.3)
         ax.legend()
+    acc_ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)

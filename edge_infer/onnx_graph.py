@@ -1,0 +1,268 @@
+"""A small reader of the ONNX file format (protobuf wire format), so the runtime can look inside a model
+without the `onnx` package: the graph's nodes, weights (names, shapes, types; never their values),
+inputs and outputs with shapes, opsets and metadata.
+
+    graph = read_model(Path("model.onnx").read_bytes())
+    [node.op_type for node in graph.nodes], graph.initializers["Wh0"].dims, graph.uses_external_data
+
+Only the fields named below are decoded; everything else is skipped by its wire type, as protobuf
+readers do. Field numbers are those of onnx/onnx.proto (stable since IR version 3).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["DATA_TYPES", "INTEGER_TYPES", "ModelGraph", "Node", "OnnxFormatError", "Tensor", "ValueInfo", "read_model"]
+
+
+class OnnxFormatError(ValueError):
+    """The bytes are not a readable ONNX model; one line."""
+
+
+# TensorProto.DataType
+DATA_TYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 8: "string",
+              9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 14: "complex64",
+              15: "complex128", 16: "bfloat16"}
+INTEGER_TYPES = frozenset({"uint8", "int8", "uint16", "int16", "int32", "int64", "uint32", "uint64"})
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """An initializer (a weight): what it is, not its values."""
+    name: str
+    dims: tuple[int, ...]
+    data_type: str  # e.g. "float32", "int8"
+    external: bool = False  # its data lives in another file (data_location = EXTERNAL)
+
+    @property
+    def size(self) -> int:
+        count = 1
+        for d in self.dims:
+            count *= d
+        return count
+
+
+@dataclass(frozen=True)
+class ValueInfo:
+    """A graph input or output: name, element type and shape (ints, or names for dynamic dimensions)."""
+    name: str
+    data_type: str | None
+    shape: tuple[int | str | None, ...] | None  # None: no shape recorded
+
+
+@dataclass(frozen=True)
+class Node:
+    op_type: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    name: str = ""
+    domain: str = ""
+
+
+@dataclass
+class ModelGraph:
+    ir_version: int = 0
+    producer: str = ""
+    opsets: dict[str, int] = field(default_factory=dict)  # domain ("" = ai.onnx) -> version
+    name: str = ""
+    nodes: list[Node] = field(default_factory=list)
+    initializers: dict[str, Tensor] = field(default_factory=dict)
+    inputs: list[ValueInfo] = field(default_factory=list)  # without initializers listed as inputs (IR < 4)
+    outputs: list[ValueInfo] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    has_functions: bool = False  # model-local functions (not expanded here)
+
+    @property
+    def uses_external_data(self) -> bool:
+        return any(t.external for t in self.initializers.values())
+
+
+# -- the wire format -------------------------------------------------------------------------------
+
+def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= end:
+            raise OnnxFormatError("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 70:
+            raise OnnxFormatError("varint too long")
+
+
+def _fields(buf: bytes, start: int = 0, end: int | None = None):
+    """(field number, wire type, value) for each field of one message; value is an int for varints and
+    fixed-size fields, or (start, end) of the bytes for length-delimited ones."""
+    pos, end = start, len(buf) if end is None else end
+    while pos < end:
+        key, pos = _varint(buf, pos, end)
+        number, wire = key >> 3, key & 7
+        value: int | tuple[int, int]
+        if wire == 0:
+            value, pos = _varint(buf, pos, end)
+        elif wire == 1:
+            value, pos = int.from_bytes(buf[pos:pos + 8], "little"), pos + 8
+        elif wire == 5:
+            value, pos = int.from_bytes(buf[pos:pos + 4], "little"), pos + 4
+        elif wire == 2:
+            length, pos = _varint(buf, pos, end)
+            value, pos = (pos, pos + length), pos + length
+        else:
+            raise OnnxFormatError(f"unsupported protobuf wire type {wire}")
+        if pos > end or number == 0:
+            raise OnnxFormatError("truncated or malformed protobuf message")
+        yield number, wire, value
+
+
+def _text(buf: bytes, span: tuple[int, int]) -> str:
+    try:
+        return buf[span[0]:span[1]].decode("utf-8")
+    except UnicodeDecodeError:
+        raise OnnxFormatError("a name is not valid UTF-8") from None
+
+
+def _signed(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _ints(buf: bytes, wire: int, value) -> list[int]:
+    """A repeated int64 field: one varint, or a packed run of them."""
+    if wire == 0:
+        return [_signed(value)]
+    out, pos, end = [], value[0], value[1]
+    while pos < end:
+        v, pos = _varint(buf, pos, end)
+        out.append(_signed(v))
+    return out
+
+
+# -- the messages we read --------------------------------------------------------------------------
+
+def _node(buf: bytes, span) -> Node:
+    inputs, outputs, name, op_type, domain = [], [], "", "", ""
+    for number, wire, value in _fields(buf, *span):
+        if wire != 2:
+            continue
+        if number == 1:
+            inputs.append(_text(buf, value))
+        elif number == 2:
+            outputs.append(_text(buf, value))
+        elif number == 3:
+            name = _text(buf, value)
+        elif number == 4:
+            op_type = _text(buf, value)
+        elif number == 7:
+            domain = _text(buf, value)
+    return Node(op_type, tuple(inputs), tuple(outputs), name, domain)
+
+
+def _tensor(buf: bytes, span) -> Tensor:
+    dims: list[int] = []
+    data_type, name, external = 0, "", False
+    for number, wire, value in _fields(buf, *span):
+        if number == 1:
+            dims.extend(_ints(buf, wire, value))
+        elif number == 2 and wire == 0:
+            data_type = value
+        elif number == 8 and wire == 2:
+            name = _text(buf, value)
+        elif number == 14 and wire == 0:
+            external = value == 1  # DataLocation.EXTERNAL
+        elif number == 13:  # external_data entries
+            external = True
+    return Tensor(name, tuple(dims), DATA_TYPES.get(data_type, f"type{data_type}"), external)
+
+
+def _shape(buf: bytes, span) -> tuple[int | str | None, ...]:
+    dims: list[int | str | None] = []
+    for number, wire, value in _fields(buf, *span):
+        if number == 1 and wire == 2:  # Dimension
+            dim: int | str | None = None
+            for n, w, v in _fields(buf, *value):
+                if n == 1 and w == 0:
+                    dim = _signed(v)
+                elif n == 2 and w == 2:
+                    dim = _text(buf, v)
+            dims.append(dim)
+    return tuple(dims)
+
+
+def _value_info(buf: bytes, span) -> ValueInfo:
+    name, data_type, shape = "", None, None
+    for number, wire, value in _fields(buf, *span):
+        if number == 1 and wire == 2:
+            name = _text(buf, value)
+        elif number == 2 and wire == 2:  # TypeProto
+            for n, w, v in _fields(buf, *value):
+                if n == 1 and w == 2:  # tensor_type
+                    for n2, w2, v2 in _fields(buf, *v):
+                        if n2 == 1 and w2 == 0:
+                            data_type = DATA_TYPES.get(v2, f"type{v2}")
+                        elif n2 == 2 and w2 == 2:
+                            shape = _shape(buf, v2)
+    return ValueInfo(name, data_type, shape)
+
+
+def _graph(buf: bytes, span, model: ModelGraph) -> None:
+    inputs: list[ValueInfo] = []
+    for number, wire, value in _fields(buf, *span):
+        if wire != 2:
+            continue
+        if number == 1:
+            model.nodes.append(_node(buf, value))
+        elif number == 2:
+            model.name = _text(buf, value)
+        elif number == 5:
+            tensor = _tensor(buf, value)
+            model.initializers[tensor.name] = tensor
+        elif number == 11:
+            inputs.append(_value_info(buf, value))
+        elif number == 12:
+            model.outputs.append(_value_info(buf, value))
+    model.inputs = [i for i in inputs if i.name not in model.initializers]
+
+
+def _pair(buf: bytes, span) -> tuple[str, str]:
+    """OperatorSetIdProto (domain=1, version=2) or StringStringEntryProto (key=1, value=2)."""
+    first, second = "", ""
+    for number, wire, value in _fields(buf, *span):
+        if number == 1 and wire == 2:
+            first = _text(buf, value)
+        elif number == 2:
+            second = _text(buf, value) if wire == 2 else str(value)
+    return first, second
+
+
+def read_model(blob: bytes) -> ModelGraph:
+    """The structure of a serialized ONNX ModelProto. Raises OnnxFormatError for bytes that are not one."""
+    buf = bytes(blob)
+    model = ModelGraph()
+    seen_graph = False
+    try:
+        for number, wire, value in _fields(buf):
+            if number == 1 and wire == 0:
+                model.ir_version = value
+            elif number == 2 and wire == 2:
+                model.producer = _text(buf, value)
+            elif number == 7 and wire == 2:
+                _graph(buf, value, model)
+                seen_graph = True
+            elif number == 8 and wire == 2:
+                domain, version = _pair(buf, value)
+                model.opsets[domain] = int(version or 0)
+            elif number == 14 and wire == 2:
+                key, text = _pair(buf, value)
+                model.metadata[key] = text
+            elif number == 25 and wire == 2:
+                model.has_functions = True
+    except (IndexError, ValueError) as error:
+        if isinstance(error, OnnxFormatError):
+            raise OnnxFormatError(f"not a readable ONNX model ({error})") from None
+        raise OnnxFormatError(f"not a readable ONNX model ({type(error).__name__})") from None
+    if not seen_graph or model.ir_version == 0:
+        raise OnnxFormatError("not an ONNX model (no graph or IR version)")
+    return model
