@@ -37,13 +37,16 @@ def model_summary(model: nn.Module) -> str:
     return "\n".join(lines) + "\n"
 
 
+OFF_WHEN_ZERO = frozenset({"weight_decay", "synthetic", "calibration_images"})  # 0 means the option is off
+
+
 def recipe_text(recipe, cell: str) -> str:
     """The recipe as readable key=value pairs, only what applies: switched-off options are left out, and
     identity_init only shows for the ReLU rnn cell (the only one it changes)."""
     parts = []
     for f in fields(recipe):
         value = getattr(recipe, f.name)
-        if value is None or value is False or (f.name == "weight_decay" and not value):
+        if value is None or value is False or (f.name in OFF_WHEN_ZERO and not value):
             continue
         if f.name == "identity_init" and cell != "rnn":
             continue
