@@ -128,8 +128,8 @@ def _print_info(classifier: Classifier, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines: path, label, confidence, probabilities.")
 @click.option("--top-k", type=click.IntRange(1, 10), default=1, show_default=True,
               help="Also print the next most likely digits.")
-@click.option("--model", type=click.Path(dir_okay=False), default=None, help="An .onnx model from edge-export "
-              "(default: the bundled one).")
+@click.option("--model", type=click.Path(dir_okay=False), default=None, help="An .onnx (or .ort) model from "
+              "edge-export (default: the bundled one).")
 @click.option("--int8", is_flag=True, help="Use the bundled int8 model.")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
               help="onnxruntime intra-op threads (decoding, in --jobs processes, is the larger cost).")

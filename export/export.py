@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -22,6 +22,7 @@ import torch
 from onnx import numpy_helper
 
 from edge_infer.model_info import INPUT_NAME, ModelInfo
+from export import formats
 from export.graph import FORMS, IR_FOR_OPSET, MIN_ORT_FOR_OPSET, OPSETS, build_model
 from train.data import Split
 from train.model import DigitRNN, ModelConfig
@@ -50,6 +51,9 @@ class ExportReport:
     parity_images: int
     int8_path: Path | None = None
     int8_accuracy: float | None = None
+    int8_static_path: Path | None = None  # export.formats: static int8 (QDQ)
+    int8_static_accuracy: float | None = None
+    ort_paths: list[Path] = field(default_factory=list)  # export.formats: .ort models + operator lists
 
     def summary(self) -> str:
         lines = [f"parity on {self.parity_images} MNIST test images: max |logit diff| {self.max_abs_diff:.2e} "
@@ -62,6 +66,13 @@ class ExportReport:
             lines.append(f"int8: {self.int8_path} ({self.int8_path.stat().st_size / 1024:.1f} KiB, {ratio:.0%} of fp32), "
                          f"MNIST test accuracy {self.int8_accuracy:.2%} "
                          f"({(self.int8_accuracy - self.fp32_accuracy) * 100:+.2f} points)")
+        if self.int8_static_path is not None:
+            ratio = self.int8_static_path.stat().st_size / self.fp32_path.stat().st_size
+            lines.append(f"static int8 (QDQ): {self.int8_static_path} ({self.int8_static_path.stat().st_size / 1024:.1f} "
+                         f"KiB, {ratio:.0%} of fp32), MNIST test accuracy {self.int8_static_accuracy:.2%} "
+                         f"({(self.int8_static_accuracy - self.fp32_accuracy) * 100:+.2f} points)")
+        if self.ort_paths:
+            lines.append("ORT format (same logits as the .onnx): " + ", ".join(str(p) for p in self.ort_paths))
         return "\n".join(lines)
 
 
@@ -216,8 +227,11 @@ def save(model: onnx.ModelProto, path: Path) -> None:
 
 
 def export(checkpoint: Path, out: Path, test: Split, int8_out: Path | None = None, opset: int = 17,
-           form: str = "per-step", parity_images: int = PARITY_IMAGES) -> ExportReport:
-    """Export checkpoint to out (and int8_out), running every check first. Raises ExportError."""
+           form: str = "per-step", parity_images: int = PARITY_IMAGES, int8_static_out: Path | None = None,
+           train: Split | None = None, ort: bool = False) -> ExportReport:
+    """Export checkpoint to out (and int8_out), running every check first. Raises ExportError.
+    int8_static_out: also a static int8 (QDQ) model, calibrated on `train` images; ort: also write each
+    model in ORT format beside it (export.formats)."""
     if opset not in OPSETS:
         raise ExportError(f"--opset must be between {OPSETS[0]} and {OPSETS[-1]}, not {opset}")
     if form not in FORMS:
@@ -265,8 +279,23 @@ def export(checkpoint: Path, out: Path, test: Split, int8_out: Path | None = Non
         int8 = finish(int8, info("int8", int8_accuracy, int8_checks, "per-step-int8"), opset)
         report.int8_path, report.int8_accuracy = int8_out, int8_accuracy
 
+    static = None
+    if int8_static_out is not None:
+        if train is None:
+            raise ExportError("static int8 needs the MNIST training images to calibrate on")
+        static, report.int8_static_accuracy = formats.static_int8(
+            build_model(weights, config.cell, config.hidden, config.layers, form="per-step", gemm=False, opset=opset),
+            train.images.numpy(), images, labels, fp32_accuracy, fp32.ByteSize(),
+            lambda accuracy, checks: info("int8", accuracy, checks, "per-step-int8-qdq"), opset)
+        report.int8_static_path = int8_static_out
+
     # Write only after every check passed.
     save(fp32, out)
     if int8 is not None:
         save(int8, int8_out)
+    if static is not None:
+        save(static, int8_static_out)
+    if ort:
+        written = [p for p in (out, int8_out, int8_static_out) if p is not None]
+        report.ort_paths = formats.write_ort_checked(written, images[:parity_images])
     return report
