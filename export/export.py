@@ -285,7 +285,7 @@ def export(checkpoint: Path, out: Path, test: Split, int8_out: Path | None = Non
             raise ExportError("static int8 needs the MNIST training images to calibrate on")
         static, report.int8_static_accuracy = formats.static_int8(
             build_model(weights, config.cell, config.hidden, config.layers, form="per-step", gemm=False, opset=opset),
-            train.images.numpy(), images, labels, fp32_accuracy, fp32.ByteSize(),
+            train.images.numpy(), images, labels, fp32_accuracy,
             lambda accuracy, checks: info("int8", accuracy, checks, "per-step-int8-qdq"), opset)
         report.int8_static_path = int8_static_out
 
