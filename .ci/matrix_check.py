@@ -45,7 +45,9 @@ def versions(pins_file: str | None) -> int:
     print(f"python {platform.python_version()}, " + ", ".join(f"{name} {v}" for name, v in installed.items()))
     if pins_file:
         wrong = []
-        for line in open(pins_file).read().split():
+        with open(pins_file) as f:
+            lines = f.read().split()
+        for line in lines:
             name, pinned = line.split("==")
             if _release(installed[name.lower()]) != _release(pinned):
                 wrong.append(f"{name} {installed[name.lower()]} (pinned {pinned})")

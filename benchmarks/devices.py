@@ -17,15 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from benchlib import add_common_args, console_script, machine_header, median, mib, run_child, section, table, \
     target, timed
 
 from edge_infer import Classifier
 from export.export import export, load_trained
-from inference import BUDGET, REPS, THREADS, resolve_checkpoint
+from inference import THREADS, resolve_checkpoint, time_engines
 from train.data import load_mnist
 
 BATCHES = (1, 64, 1024)
@@ -49,17 +46,7 @@ def speed(checkpoint: Path, paths: dict[str, Path], test, quick: bool) -> tuple[
     sessions = {(engine, t): Classifier(paths[engine], threads=t).session for engine in ENGINES[1:] for t in THREADS}
     rows, checks, best = [], [], {}
     for batch in BATCHES:
-        images = test.floats(slice(0, batch))
-        rows_input = np.ascontiguousarray(images.numpy().transpose(1, 0, 2))
-        calls, before = {}, {}
-        for t in THREADS:
-            calls[("torch", t)] = lambda: trained(images)
-            before[("torch", t)] = lambda t=t: torch.set_num_threads(t)
-        for key, session in sessions.items():
-            calls[key] = lambda session=session: session.run(["logits"], {"rows": rows_input})
-        with torch.inference_mode():
-            samples = timed(calls, reps=REPS[batch] // (10 if quick else 1), before=before,
-                            budget=BUDGET / (10 if quick else 1))
+        samples = time_engines(trained, test.floats(slice(0, batch)), sessions, quick)
         seconds = {key: median(s) for key, s in samples.items()}
         for engine in ENGINES:
             t = min(THREADS, key=lambda t: seconds[(engine, t)])

@@ -146,6 +146,17 @@ def quantize_int8(fp32_matmul: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def accuracy_gate(what: str, model: onnx.ModelProto, images: np.ndarray, labels: np.ndarray, fp32_accuracy: float,
+                  max_drop: float) -> tuple[float, float]:
+    """(accuracy, drop below fp32) of a quantized model on the test images; ExportError past max_drop."""
+    accuracy = float((onnx_logits(model, images).argmax(1) == labels).mean())
+    drop = fp32_accuracy - accuracy
+    if drop > max_drop:
+        raise ExportError(f"{what} MNIST test accuracy {accuracy:.2%} is {drop * 100:.2f} points below fp32 "
+                          f"{fp32_accuracy:.2%} (limit {max_drop * 100:.1f}); nothing written")
+    return accuracy, drop
+
+
 def _short_name(index: int) -> str:
     """0 -> '_0', 61 -> '_z', 62 -> '_10', ...: never clashes with weight names, which start with a letter."""
     digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -269,11 +280,7 @@ def export(checkpoint: Path, out: Path, test: Split, int8_out: Path | None = Non
         recurrent = integer_recurrent_ops(int8)
         if not recurrent:
             raise ExportError("int8 graph has no integer ops on the recurrent weights; nothing written")
-        int8_accuracy = float((onnx_logits(int8, images).argmax(1) == labels).mean())
-        drop = fp32_accuracy - int8_accuracy
-        if drop > INT8_MAX_ACCURACY_DROP:
-            raise ExportError(f"int8 MNIST test accuracy {int8_accuracy:.2%} is {drop * 100:.2f} points below fp32 "
-                              f"{fp32_accuracy:.2%} (limit {INT8_MAX_ACCURACY_DROP * 100:.1f}); nothing written")
+        int8_accuracy, drop = accuracy_gate("int8", int8, images, labels, fp32_accuracy, INT8_MAX_ACCURACY_DROP)
         int8_checks = {"fp32_mnist_test_accuracy": round(fp32_accuracy, 6), "accuracy_drop": round(drop, 6),
                        "integer_recurrent_ops": len(recurrent), "weights": "int8 per-channel, dynamic uint8 activations"}
         int8 = finish(int8, info("int8", int8_accuracy, int8_checks, "per-step-int8"), opset)

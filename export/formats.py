@@ -133,7 +133,7 @@ def static_int8(fp32_matmul, train_images: np.ndarray, test_images: np.ndarray, 
     (The file is ~45 % of fp32 at hidden 128; the per-tensor scales make tiny models bigger than fp32.)"""
     from onnx import TensorProto
 
-    from export.export import ExportError, _shorten_names, finish, onnx_logits
+    from export.export import ExportError, _shorten_names, accuracy_gate, finish
 
     model = quantize_static_qdq(fp32_matmul, calibration_rows(train_images))
     _shorten_names(model)
@@ -144,11 +144,8 @@ def static_int8(fp32_matmul, train_images: np.ndarray, test_images: np.ndarray, 
     left_float = sorted(t.name for t in model.graph.initializer if t.name in matrices and t.data_type != TensorProto.INT8)
     if left_float:
         raise ExportError(f"static int8 graph keeps float weights ({', '.join(left_float)}); nothing written")
-    accuracy = float((onnx_logits(model, test_images).argmax(1) == test_labels).mean())
-    drop = fp32_accuracy - accuracy
-    if drop > STATIC_MAX_ACCURACY_DROP:
-        raise ExportError(f"static int8 MNIST test accuracy {accuracy:.2%} is {drop * 100:.2f} points below fp32 "
-                          f"{fp32_accuracy:.2%} (limit {STATIC_MAX_ACCURACY_DROP * 100:.1f}); nothing written")
+    accuracy, drop = accuracy_gate("static int8", model, test_images, test_labels, fp32_accuracy,
+                                   STATIC_MAX_ACCURACY_DROP)
     checks = {"fp32_mnist_test_accuracy": round(fp32_accuracy, 6), "accuracy_drop": round(drop, 6),
               "int8_recurrent_weights": len(recurrent),
               "weights": "int8 symmetric per-channel; uint8 activations, static (QDQ)",
