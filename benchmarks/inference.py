@@ -76,6 +76,22 @@ def _same_as_bundled(path: Path, int8: bool) -> str:
     )
 
 
+def time_engines(trained, images: torch.Tensor, sessions: dict, quick: bool) -> dict:
+    """Samples of torch eager (`("torch", threads)` for each of THREADS) and of every session in `sessions`
+    (any keys) on one batch of images [B, 28, 28], all taking turns in one run."""
+    feed = {INPUT_NAME: to_rows(images.numpy())}  # [28, B, 28], time-major
+    calls, before = {}, {}
+    for threads in THREADS:
+        calls[("torch", threads)] = lambda: trained(images)
+        before[("torch", threads)] = lambda threads=threads: torch.set_num_threads(threads)
+    for key, session in sessions.items():
+        calls[key] = lambda session=session: session.run([OUTPUT_NAME], feed)
+    batch = len(images)
+    with torch.inference_mode():
+        return timed(calls, reps=REPS[batch] // (10 if quick else 1), before=before,
+                     budget=BUDGET / (10 if quick else 1))
+
+
 def measure(models: Exported, test: Split, quick: bool) -> tuple[str, list[str]]:
     """The results table and the target lines."""
     _, trained, _ = load_trained(models.checkpoint)  # DigitRNN(batch_first=True), as trained, in eval mode
@@ -90,16 +106,8 @@ def measure(models: Exported, test: Split, quick: bool) -> tuple[str, list[str]]
         images = test.floats(slice(0, batch))  # real MNIST test images, [B, 28, 28] in [0, 1]
         rows_input = to_rows(images.numpy())  # [28, B, 28], time-major
 
-        calls, before = {}, {}
-        for threads in THREADS:
-            calls[("torch", threads)] = lambda images=images: trained(images)
-            before[("torch", threads)] = lambda threads=threads: torch.set_num_threads(threads)
-        for key, session in sessions.items():
-            calls[key] = lambda session=session, feed={INPUT_NAME: rows_input}: session.run([OUTPUT_NAME], feed)
+        samples = time_engines(trained, images, sessions, quick)
         with torch.inference_mode():
-            samples = timed(
-                calls, reps=REPS[batch] // (10 if quick else 1), before=before, budget=BUDGET / (10 if quick else 1)
-            )
             reference = trained(images).numpy()
         seconds = {key: median(s) for key, s in samples.items()}
         if batch == BATCHES[-1]:

@@ -102,7 +102,8 @@ def _read_bundled(int8: bool) -> bytes:
 class Classifier:
     """Classifies images of single digits with an edge-infer ONNX model.
 
-    model:    path to (or bytes of) an .onnx file written by edge-export; None = the bundled model.
+    model:    path to (or bytes of) an .onnx file written by edge-export, or its ORT-format .ort twin
+              (`edge-export --ort`; onnxruntime tells the two apart by their bytes); None = the bundled model.
     int8:     with model=None, use the bundled int8 model.
     threads:  onnxruntime intra-op threads. None: 1 thread for batches below PARALLEL_BATCH and one per
               core for larger ones (each setting is the faster one there; see benchmarks/).

@@ -343,7 +343,7 @@ def _command() -> click.Command:
     @click.option("--top-k", type=click.IntRange(1, 10), default=defaults.top_k, show_default=True,
                   help="Also print the next most likely digits.")
     @click.option("--model", type=click.Path(dir_okay=False), default=defaults.model,
-                  help="An .onnx model from edge-export (default: the bundled one).")
+                  help="An .onnx (or .ort) model from edge-export (default: the bundled one).")
     @click.option("--int8", is_flag=True, help="Use the bundled int8 model.")
     @click.option("--threads", type=click.IntRange(1), default=defaults.threads, show_default=True,
                   help="onnxruntime intra-op threads, capped at the usable cores (decoding, in --jobs processes, "

@@ -33,6 +33,7 @@ from onnx import numpy_helper
 from edge_infer import Classifier, ModelError
 from edge_infer.model_info import INPUT_NAME, OUTPUT_NAME, ModelInfo, to_rows
 from export.graph import FORMS, IR_FOR_OPSET, MIN_ORT_FOR_OPSET, OPSETS, build_graph
+from export import formats
 from train.data import Split
 from train.files import atomic_write
 from train.model import DigitRNN, ModelConfig
@@ -66,6 +67,9 @@ class ExportReport:
     paths: dict[str, Path] = field(default_factory=dict)  # every format written: {format: path}
     infos: dict[str, ModelInfo] = field(default_factory=dict)  # and the metadata it carries
     int8_changes: str = ""  # which fp32 predictions int8 changes (train.report.prediction_changes)
+    int8_static_path: Path | None = None  # export.formats: static int8 (QDQ)
+    int8_static_accuracy: float | None = None
+    ort_paths: list[Path] = field(default_factory=list)  # export.formats: .ort models + operator lists
 
     def summary(self) -> str:
         lines = [f"parity on {self.parity_images} MNIST test images: max |logit diff| {self.max_abs_diff:.2e} "
@@ -80,6 +84,13 @@ class ExportReport:
                          f"({(self.int8_accuracy - self.fp32_accuracy) * 100:+.2f} points)")
             if self.int8_changes:
                 lines.append(self.int8_changes)
+        if self.int8_static_path is not None:
+            ratio = self.int8_static_path.stat().st_size / self.fp32_path.stat().st_size
+            lines.append(f"static int8 (QDQ): {self.int8_static_path} ({self.int8_static_path.stat().st_size / 1024:.1f} "
+                         f"KiB, {ratio:.0%} of fp32), MNIST test accuracy {self.int8_static_accuracy:.2%} "
+                         f"({(self.int8_static_accuracy - self.fp32_accuracy) * 100:+.2f} points)")
+        if self.ort_paths:
+            lines.append("ORT format (same logits as the .onnx): " + ", ".join(str(p) for p in self.ort_paths))
         return "\n".join(lines)
 
 
@@ -269,6 +280,7 @@ class Source:
     reference: np.ndarray  # torch logits of the first parity_images images
     opset: int
     form: str
+    train_images: np.ndarray | None = None  # uint8 MNIST training images: static int8 calibrates on them
     shipped: dict[str, Artifact] = field(default_factory=dict)  # the formats already done, in FORMATS order
 
     def graph(self, form: str, gemm: bool) -> onnx.ModelProto:
@@ -339,22 +351,64 @@ def export_int8(src: Source) -> Artifact:
     return src.ship(quantize_int8(src.graph("per-step", gemm=False)), "int8", "per-step-int8", gate)
 
 
+def export_int8_static(src: Source) -> Artifact:
+    """Static int8 in QDQ form (export.formats), calibrated on MNIST training images. Gates: int8 recurrent
+    weights, no weight matrix left in float, accuracy within 0.5 points of fp32."""
+    from onnx import TensorProto
+
+    fp32_accuracy = src.shipped["fp32"].info.mnist_test_accuracy
+    assert src.train_images is not None  # export() checks it
+    matmul_form = src.graph("per-step", gemm=False)
+    model = formats.quantize_static_qdq(matmul_form, formats.calibration_rows(src.train_images))
+    _shorten_names(model)
+    matrices = {t.name for t in matmul_form.graph.initializer if len(t.dims) == 2}
+
+    def gate(classifier: Classifier, blob: bytes) -> tuple[float, dict]:
+        shipped = onnx.load_from_string(blob)
+        recurrent = formats.qdq_recurrent_weights(shipped)
+        if not recurrent:
+            raise ExportError("static int8 graph has no int8 recurrent weights; nothing written")
+        left_float = sorted(t.name for t in shipped.graph.initializer
+                            if t.name in matrices and t.data_type != TensorProto.INT8)
+        if left_float:
+            raise ExportError(f"static int8 graph keeps float weights ({', '.join(left_float)}); nothing written")
+        accuracy = src.accuracy(onnx_logits(classifier, src.images))
+        drop = fp32_accuracy - accuracy
+        if drop > formats.STATIC_MAX_ACCURACY_DROP:
+            raise ExportError(f"static int8 MNIST test accuracy {accuracy:.2%} is {drop * 100:.2f} points below fp32 "
+                              f"{fp32_accuracy:.2%} (limit {formats.STATIC_MAX_ACCURACY_DROP * 100:.1f}); "
+                              f"nothing written")
+        return accuracy, {"fp32_mnist_test_accuracy": fp32_accuracy, "accuracy_drop": round(drop, 6),
+                          "int8_recurrent_weights": len(recurrent),
+                          "weights": "int8 symmetric per-channel; uint8 activations, static (QDQ)",
+                          "calibration": f"{min(formats.CALIBRATION_IMAGES, len(src.train_images))} MNIST training "
+                                         f"images (MinMax)"}
+
+    return src.ship(model, "int8", "per-step-int8-qdq", gate)
+
+
 # Every output format, in the order they are built (a later one may use an earlier one's results).
-FORMATS: dict[str, Callable[[Source], Artifact]] = {"fp32": export_fp32, "int8": export_int8}
+FORMATS: dict[str, Callable[[Source], Artifact]] = {"fp32": export_fp32, "int8": export_int8,
+                                                    "int8-static": export_int8_static}
 
 
 def export(checkpoint: Path, out: Path, test: Split, int8_out: Path | None = None, opset: int = 17,
-           form: str = "per-step", parity_images: int = PARITY_IMAGES,
-           outputs: dict[str, Path] | None = None) -> ExportReport:
-    """Export checkpoint to out (fp32), int8_out and any further outputs {format: path} (FORMATS keys),
-    running every check first. Raises ExportError; nothing is written unless every format passed."""
+           form: str = "per-step", parity_images: int = PARITY_IMAGES, outputs: dict[str, Path] | None = None,
+           int8_static_out: Path | None = None, train: Split | None = None, ort: bool = False) -> ExportReport:
+    """Export checkpoint to out (fp32), int8_out, int8_static_out and any further outputs {format: path}
+    (FORMATS keys), running every check first. Raises ExportError; nothing is written unless every format
+    passed. The static int8 model is calibrated on `train` images; ort: also write each model in ORT format
+    beside it, checked for the same logits (export.formats)."""
     if opset not in OPSETS:
         raise ExportError(f"--opset must be between {OPSETS[0]} and {OPSETS[-1]}, not {opset}")
     if form not in FORMS:
         raise ExportError(f"form must be one of {', '.join(FORMS)}, not {form!r}")
     if parity_images < PARITY_IMAGES:
         raise ExportError(f"parity needs at least {PARITY_IMAGES} test images")
-    wanted = {"fp32": out, **({"int8": int8_out} if int8_out is not None else {}), **(outputs or {})}
+    wanted = {"fp32": out, **({"int8": int8_out} if int8_out is not None else {}),
+              **({"int8-static": int8_static_out} if int8_static_out is not None else {}), **(outputs or {})}
+    if "int8-static" in wanted and train is None:
+        raise ExportError("static int8 needs the MNIST training images to calibrate on")
     unknown = set(wanted) - set(FORMATS)
     if unknown:
         raise ExportError(f"unknown output format {', '.join(sorted(unknown))}; known: {', '.join(FORMATS)}")
@@ -363,7 +417,8 @@ def export(checkpoint: Path, out: Path, test: Split, int8_out: Path | None = Non
     src = Source(state=state, config=trained.config,
                  weights={k: v.detach().numpy() for k, v in time_major.state_dict().items()},
                  images=images, labels=test.labels.numpy(),
-                 reference=torch_reference(trained, time_major, images[:parity_images]), opset=opset, form=form)
+                 reference=torch_reference(trained, time_major, images[:parity_images]), opset=opset, form=form,
+                 train_images=train.images.numpy() if train is not None else None)
     for name, build in FORMATS.items():  # fp32, always wanted, comes first
         if name in wanted:
             src.shipped[name] = build(src)
@@ -380,4 +435,9 @@ def export(checkpoint: Path, out: Path, test: Split, int8_out: Path | None = Non
         report.int8_path, report.int8_accuracy = Path(wanted["int8"]), src.shipped["int8"].info.mnist_test_accuracy
         fp32_read, int8_read = (onnx_logits(src.shipped[name].blob, images).argmax(1) for name in ("fp32", "int8"))
         report.int8_changes = prediction_changes(fp32_read, int8_read, src.labels)
+    if "int8-static" in wanted:
+        report.int8_static_path = Path(wanted["int8-static"])
+        report.int8_static_accuracy = src.shipped["int8-static"].info.mnist_test_accuracy
+    if ort:
+        report.ort_paths = formats.write_ort_checked([Path(path) for path in wanted.values()], images[:parity_images])
     return report
