@@ -20,6 +20,7 @@ from benchlib import add_common_args, machine_header
 import bulk
 import cold_start
 import inference
+import photo
 import sizes
 import training
 from edge_infer.classifier import bundled_model_path
@@ -47,6 +48,7 @@ def main() -> None:
     sections.append(cold_start.run(args.quick))
     progress("3. bulk")
     sections.append(bulk.run(args.data_dir, args.out))
+    sections.append(photo.run(args.data_dir, args.out, args.quick))
     if args.training:
         progress("4. training")
         sections.append(training.run(args.out, args.data_dir))

@@ -5,7 +5,11 @@ The recurrence always runs time-major: input `rows` is float32 [28, N, 28] (time
 lean (short names, every constant once), never touches the batch_first path that old exporters rejected,
 and takes the form we choose:
 
-  "per-step" (default) the recurrence as one Gemm(+Relu, fused by onnxruntime) per step,
+  "auto" (default)     two of the forms below in one graph, and an If node that picks one by the batch size:
+                      the form fastest at small batches for this cell (AUTO_FORMS) below SWITCH_BATCH, per-step
+                      from there on. Both branches read the same weights, stored once where the forms share
+                      them (per-step and hoisted do; the node form has its own gate order). The If costs ~3 us.
+  "per-step"          the recurrence as one Gemm(+Relu, fused by onnxruntime) per step,
                       h_t = Relu(Gemm(h_{t-1}, W_hh, C = x_t W_ih^T + b)), where each step projects its own
                       input row. With `gemm=False` it is written as MatMul+Add, which onnxruntime's dynamic
                       quantizer turns into int8 MatMulInteger for the recurrent weights too (the int8 form).
@@ -25,7 +29,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-FORMS = ("per-step", "hoisted", "node")
+FORMS = ("auto", "per-step", "hoisted", "node")
+# "auto": (small-batch form, large-batch form) per cell, and the batch from which the large one runs. Measured
+# with benchmarks/inference.py on a 2-core Sapphire Rapids: hoisted and node tie at batch 1 for rnn, but node
+# is 2x slower from batch 4; for gru and lstm the node form is 2-2.5x faster than the ~10 nodes per step of
+# the others at batch 1, and per-step is the fastest from batch 64 (all cells).
+AUTO_FORMS = {"rnn": ("hoisted", "per-step"), "gru": ("node", "per-step"), "lstm": ("node", "per-step")}
+SWITCH_BATCH = {"rnn": 32, "gru": 16, "lstm": 32}
 INPUT, OUTPUT = "rows", "logits"
 STEPS, PIXELS, CLASSES = 28, 28, 10
 OPSET = 17  # the default; the exporter pins it and the matching IR version
@@ -39,8 +49,9 @@ OPSETS = tuple(MIN_ORT_FOR_OPSET)
 class _Graph:
     """A tiny builder: unique short names, initializers stored once."""
 
-    def __init__(self, opset: int, hoist: bool) -> None:
-        self.opset, self.hoist = opset, hoist
+    def __init__(self, opset: int, hoist: bool, prefix: str = "", shared: bool = False) -> None:
+        self.opset, self.hoist, self.prefix = opset, hoist, prefix  # prefix: of node and tensor names
+        self.shared = shared  # the node form derives its weights from the per-step form's (auto form)
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: dict[str, onnx.TensorProto] = {}
         self._count = 0
@@ -52,10 +63,11 @@ class _Graph:
 
     def op(self, op_type: str, inputs: list[str], n_out: int = 1, **attrs) -> str | list[str]:
         self._count += 1
-        outputs = [f"t{self._count}" if n_out == 1 else f"t{self._count}_{i}" for i in range(n_out)]
+        t = f"{self.prefix}t{self._count}"
+        outputs = [t if n_out == 1 else f"{t}_{i}" for i in range(n_out)]
         if op_type == "Split" and len(inputs) == 1 and self.opset >= 18:
             attrs["num_outputs"] = n_out  # opset 18 made the equal-split count explicit
-        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=f"n{self._count}", **attrs))
+        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=f"{self.prefix}n{self._count}", **attrs))
         return outputs[0] if n_out == 1 else outputs
 
     def linear(self, x: str, weight: str, bias: str | None, gemm: bool) -> str:
@@ -71,7 +83,57 @@ def build_model(state: dict[str, np.ndarray], cell: str, hidden: int, layers: in
     """An ONNX model computing the same logits as train.model.DigitRNN with these weights."""
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, not {form!r}")
+    if form == "auto":
+        if not gemm:
+            raise ValueError("the auto form is fp32 Gemm only (int8 quantizes the per-step MatMul form)")
+        return _auto_model(state, cell, hidden, layers, opset)
     g = _Graph(opset, hoist=form == "hoisted")
+    _build(g, state, cell, hidden, layers, form, gemm, OUTPUT)
+    return _model(g.nodes, list(g.initializers.values()), opset)
+
+
+def _model(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto], opset: int) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes, "digit_rnn",
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [STEPS, "N", PIXELS])],
+        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", CLASSES])],
+        initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="edge-infer")
+
+
+def _auto_model(state: dict[str, np.ndarray], cell: str, hidden: int, layers: int, opset: int) -> onnx.ModelProto:
+    """If(batch < SWITCH_BATCH[cell]) then the small-batch form else the large-batch one (AUTO_FORMS)."""
+    g = _Graph(opset, hoist=False)
+    branches = []
+    for prefix, form in zip("sl", AUTO_FORMS[cell]):
+        branch = _Graph(opset, hoist=form == "hoisted", prefix=prefix, shared=True)
+        _build(branch, state, cell, hidden, layers, form, True, prefix + OUTPUT)
+        for name, tensor in branch.initializers.items():  # the outer graph holds the weights, each name once
+            assert name not in g.initializers or g.initializers[name] == tensor, name
+            g.initializers[name] = tensor
+        # A branch reading the outer graph's weights directly is ~10 us slower per call at batch 1 (they are
+        # passed in as implicit inputs and not pre-packed): give it its own copy, a one-input Concat, which
+        # onnxruntime folds into a constant of the branch when it loads the model.
+        weights = {name for name, t in branch.initializers.items() if t.data_type == TensorProto.FLOAT}
+        local: dict[str, str] = {}
+        for node in branch.nodes:
+            for i, name in enumerate(node.input):
+                if name in weights:
+                    node.input[i] = local.setdefault(name, f"{prefix}_{name}")
+        copies = [helper.make_node("Concat", [name], [copy], name=f"{prefix}_copy_{name}", axis=0)
+                  for name, copy in local.items()]
+        out = helper.make_tensor_value_info(prefix + OUTPUT, TensorProto.FLOAT, ["N", CLASSES])
+        branches.append(helper.make_graph(copies + branch.nodes, f"{prefix}_{form}", [], [out]))
+    batch = g.op("Gather", [g.op("Shape", [INPUT]), g.const("dim1", np.array(1, np.int64))], axis=0)
+    small = g.op("Less", [batch, g.const("switch_batch", np.array(SWITCH_BATCH[cell], np.int64))])
+    g.nodes.append(helper.make_node("If", [small], [OUTPUT], name="choose_form", then_branch=branches[0],
+                                    else_branch=branches[1]))
+    return _model(g.nodes, list(g.initializers.values()), opset)
+
+
+def _build(g: _Graph, state: dict[str, np.ndarray], cell: str, hidden: int, layers: int, form: str, gemm: bool,
+           output: str) -> None:
+    """Append the nodes of one form to g; the last one writes `output`."""
     if form in ("hoisted", "per-step"):
         if not gemm:  # MatMul takes W^T as stored; transpose once here, not per step
             state = {k: (v.T.copy() if k.startswith("rnn.weight") or k == "fc.weight" else v) for k, v in state.items()}
@@ -90,15 +152,8 @@ def build_model(state: dict[str, np.ndarray], cell: str, hidden: int, layers: in
             y, y_h = _recurrent_node(g, seq, state, cell, layer, hidden)
             seq = g.op("Squeeze", [y, g.const("axis1", np.array([1], np.int64))])  # [28, N, H]
         final = g.op("Squeeze", [y_h, g.const("axis0", np.array([0], np.int64))])  # [N, H]
-    logits = g.linear(final, g.const("Wo", state["fc.weight"]), g.const("bo", state["fc.bias"]), gemm)
-    g.nodes[-1].output[0] = OUTPUT  # the last node (Gemm, or MatMul's Add) produces the logits
-    graph = helper.make_graph(
-        g.nodes, "digit_rnn",
-        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [STEPS, "N", PIXELS])],
-        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", CLASSES])],
-        list(g.initializers.values()))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="edge-infer")
-    return model
+    g.linear(final, g.const("Wo", state["fc.weight"]), g.const("bo", state["fc.bias"]), gemm)
+    g.nodes[-1].output[0] = output  # the last node (Gemm, or MatMul's Add) produces the logits
 
 
 def _weights(g: _Graph, state: dict[str, np.ndarray], layer: int, gates: int, hidden: int,
@@ -191,8 +246,11 @@ def _recurrent_node(g: _Graph, seq: str, state, cell: str, layer: int, hidden: i
     def reorder(a: np.ndarray) -> np.ndarray:
         return np.concatenate([a[k * H:(k + 1) * H] for k in order])[None]
 
-    inputs = [seq, g.const(f"W{layer}", reorder(w_ih)), g.const(f"R{layer}", reorder(w_hh)),
-              g.const(f"B{layer}", np.concatenate([reorder(b_ih), reorder(b_hh)], axis=1))]
+    if g.shared:
+        inputs = [seq, *_node_weights_from_step_weights(g, state, cell, layer, H, order)]
+    else:
+        inputs = [seq, g.const(f"W{layer}", reorder(w_ih)), g.const(f"R{layer}", reorder(w_hh)),
+                  g.const(f"B{layer}", np.concatenate([reorder(b_ih), reorder(b_hh)], axis=1))]
     attrs: dict = {"hidden_size": H}
     if cell == "rnn":
         attrs["activations"] = ["Relu"]
@@ -201,3 +259,31 @@ def _recurrent_node(g: _Graph, seq: str, state, cell: str, layer: int, hidden: i
     op_type = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}[cell]
     y, y_h = g.op(op_type, inputs, n_out=2, **attrs)
     return y, y_h
+
+
+def _node_weights_from_step_weights(g: _Graph, state, cell: str, layer: int, H: int, order: list[int]) -> list[str]:
+    """W, R, B of an ONNX RNN/GRU/LSTM node, computed by Split/Concat/Unsqueeze nodes from the per-step form's
+    weights (registered here under the same names, so the file holds them once). onnxruntime folds these
+    nodes into constants when it loads the model. The per-step biases already hold b_hh (GRU: its r and z
+    rows), so the node's recurrent bias is zero there."""
+    gates = len(order)
+    fold = slice(0, 2 * H) if cell == "gru" else slice(None)
+    w_ih, b_ih, w_hh, b_hh = _weights(g, state, layer, gates, H, fold_hh_bias=fold)
+
+    def reordered(blocks: list[str]) -> str:
+        return blocks[0] if len(blocks) == 1 else g.op("Concat", [blocks[k] for k in order], axis=0)
+
+    def split(name: str, n: int) -> list[str]:
+        return [name] if n == 1 else g.op("Split", [name], n_out=n, axis=0)
+
+    if cell == "gru":  # the per-step form keeps W_hh as its r,z rows and its n rows, and b_hn apart
+        w_rz, w_n = g.const(f"Whrz{layer}", w_hh[: 2 * H]), g.const(f"Whn{layer}", w_hh[2 * H:])
+        recurrent = reordered(split(w_rz, 2) + [w_n])
+        zero = g.const(f"zeros{2 * H}", np.zeros(2 * H, np.float32))
+        recurrent_bias = g.op("Concat", [zero, g.const(f"bhn{layer}", b_hh[2 * H:])], axis=0)
+    else:
+        recurrent = reordered(split(g.const(f"Wh{layer}", w_hh), gates))
+        recurrent_bias = g.const(f"zeros{gates * H}", np.zeros(gates * H, np.float32))
+    bias = g.op("Concat", [reordered(split(b_ih, gates)), recurrent_bias], axis=0)
+    axis0 = g.const("axis0", np.array([0], np.int64))
+    return [g.op("Unsqueeze", [t, axis0]) for t in (reordered(split(w_ih, gates)), recurrent, bias)]
