@@ -194,8 +194,10 @@ def to_grey(img: Image.Image) -> np.ndarray:
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info) \
         or (mode in ("L", "RGB") and "transparency" in img.info)
     if not has_alpha:
-        if mode == "L":  # (the bytes themselves: np.asarray(img) costs ~2x more per small image)
-            return np.frombuffer(img.tobytes(), np.uint8).reshape(img.height, img.width) / np.float32(255.0)
+        if mode == "L":  # (from the bytes themselves: np.asarray(img) costs ~2x more per small image)
+            grey = np.frombuffer(img.tobytes(), np.uint8).astype(np.float32).reshape(img.height, img.width)
+            grey /= 255.0
+            return grey
         if mode not in ("1", "L", "P", "RGB"):
             img = img.convert("RGB")  # CMYK, YCbCr, LAB, HSV -> RGB first
         return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
