@@ -7,7 +7,7 @@ and takes the form we choose:
 
   "auto" (default)     two of the forms below in one graph, and an If node that picks one by the batch size:
                       the form fastest at small batches for this cell (AUTO_FORMS) below SWITCH_BATCH, per-step
-                      from there on. Both branches read the same weights, stored once where the forms share
+                      from there on (lstm: the node form at every batch size, no If). Both branches read the same weights, stored once where the forms share
                       them (per-step and hoisted do; the node form has its own gate order). The If costs ~3 us.
   "per-step"          the recurrence as one Gemm(+Relu, fused by onnxruntime) per step,
                       h_t = Relu(Gemm(h_{t-1}, W_hh, C = x_t W_ih^T + b)), where each step projects its own
@@ -31,11 +31,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 FORMS = ("auto", "per-step", "hoisted", "node")
 # "auto": (small-batch form, large-batch form) per cell, and the batch from which the large one runs. Measured
-# with benchmarks/inference.py on a 2-core Sapphire Rapids: hoisted and node tie at batch 1 for rnn, but node
-# is 2x slower from batch 4; for gru and lstm the node form is 2-2.5x faster than the ~10 nodes per step of
-# the others at batch 1, and per-step is the fastest from batch 64 (all cells).
-AUTO_FORMS = {"rnn": ("hoisted", "per-step"), "gru": ("node", "per-step"), "lstm": ("node", "per-step")}
-SWITCH_BATCH = {"rnn": 32, "gru": 16, "lstm": 32}
+# with benchmarks/inference.py on a 2-core Sapphire Rapids: for rnn the node form is the fastest at batch 1
+# (with the runtime's IO binding; 4 us ahead of hoisted) but 2x slower from batch 4, where per-step is about as
+# fast as hoisted; for gru and lstm the node form is 2-2.5x faster than the ~10 nodes per step of
+# the others at batch 1; per-step is the fastest from batch 64 for rnn and gru, while for lstm the node form
+# stays the fastest at batch 1024 too (on the 2 threads Classifier gives large batches), so lstm needs no If.
+AUTO_FORMS = {"rnn": ("node", "per-step"), "gru": ("node", "per-step"), "lstm": ("node", "node")}
+SWITCH_BATCH = {"rnn": 2, "gru": 16, "lstm": 16}
 INPUT, OUTPUT = "rows", "logits"
 STEPS, PIXELS, CLASSES = 28, 28, 10
 OPSET = 17  # the default; the exporter pins it and the matching IR version
@@ -86,7 +88,10 @@ def build_model(state: dict[str, np.ndarray], cell: str, hidden: int, layers: in
     if form == "auto":
         if not gemm:
             raise ValueError("the auto form is fp32 Gemm only (int8 quantizes the per-step MatMul form)")
-        return _auto_model(state, cell, hidden, layers, opset)
+        small, large = AUTO_FORMS[cell]
+        if small != large:
+            return _auto_model(state, cell, hidden, layers, opset)
+        form = small  # one form is the fastest at every batch size: no If
     g = _Graph(opset, hoist=form == "hoisted")
     _build(g, state, cell, hidden, layers, form, gemm, OUTPUT)
     return _model(g.nodes, list(g.initializers.values()), opset)
@@ -114,7 +119,9 @@ def _auto_model(state: dict[str, np.ndarray], cell: str, hidden: int, layers: in
         # A branch reading the outer graph's weights directly is ~10 us slower per call at batch 1 (they are
         # passed in as implicit inputs and not pre-packed): give it its own copy, a one-input Concat, which
         # onnxruntime folds into a constant of the branch when it loads the model.
+        # Small constants (shapes, axes) are simply stored in the branch: fewer implicit inputs per call.
         weights = {name for name, t in branch.initializers.items() if t.data_type == TensorProto.FLOAT}
+        consts = [t for name, t in branch.initializers.items() if name not in weights]
         local: dict[str, str] = {}
         for node in branch.nodes:
             for i, name in enumerate(node.input):
@@ -123,7 +130,9 @@ def _auto_model(state: dict[str, np.ndarray], cell: str, hidden: int, layers: in
         copies = [helper.make_node("Concat", [name], [copy], name=f"{prefix}_copy_{name}", axis=0)
                   for name, copy in local.items()]
         out = helper.make_tensor_value_info(prefix + OUTPUT, TensorProto.FLOAT, ["N", CLASSES])
-        branches.append(helper.make_graph(copies + branch.nodes, f"{prefix}_{form}", [], [out]))
+        branches.append(helper.make_graph(copies + branch.nodes, f"{prefix}_{form}", [], [out], consts))
+        for tensor in consts:
+            del g.initializers[tensor.name]
     batch = g.op("Gather", [g.op("Shape", [INPUT]), g.const("dim1", np.array(1, np.int64))], axis=0)
     small = g.op("Less", [batch, g.const("switch_batch", np.array(SWITCH_BATCH[cell], np.int64))])
     g.nodes.append(helper.make_node("If", [small], [OUTPUT], name="choose_form", then_branch=branches[0],
