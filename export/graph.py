@@ -133,8 +133,13 @@ def _auto_model(state: dict[str, np.ndarray], cell: str, hidden: int, layers: in
         branches.append(helper.make_graph(copies + branch.nodes, f"{prefix}_{form}", [], [out], consts))
         for tensor in consts:
             del g.initializers[tensor.name]
-    batch = g.op("Gather", [g.op("Shape", [INPUT]), g.const("dim1", np.array(1, np.int64))], axis=0)
-    small = g.op("Less", [batch, g.const("switch_batch", np.array(SWITCH_BATCH[cell], np.int64))])
+    if opset >= 15:  # Shape slices itself there: one node fewer per call
+        batch = g.op("Shape", [INPUT], start=1, end=2)
+        switch = g.const("switch_batch", np.array([SWITCH_BATCH[cell]], np.int64))
+    else:
+        batch = g.op("Gather", [g.op("Shape", [INPUT]), g.const("dim1", np.array(1, np.int64))], axis=0)
+        switch = g.const("switch_batch", np.array(SWITCH_BATCH[cell], np.int64))
+    small = g.op("Less", [batch, switch])
     g.nodes.append(helper.make_node("If", [small], [OUTPUT], name="choose_form", then_branch=branches[0],
                                     else_branch=branches[1]))
     return _model(g.nodes, list(g.initializers.values()), opset)
