@@ -167,7 +167,7 @@ class Classifier:
 
     def _run(self, rows: np.ndarray) -> np.ndarray:
         """Logits for time-major rows [28, n, 28]. A single image goes through this thread's IO binding to
-        fixed input and output buffers: 4-6 us less than session.run's feed and fetch conversion, ~10 % of
+        fixed input and output buffers: 2-6 us less than session.run's feed and fetch conversion, 5-10 % of
         a batch-1 call (benchmarks/inference.py)."""
         session = self._session_for(rows.shape[1])
         if rows.shape[1] != 1:
