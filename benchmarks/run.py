@@ -23,6 +23,7 @@ from pathlib import Path
 import bulk
 import cold_start
 import inference
+import photo
 import sizes
 import training
 import whole_numbers
@@ -69,6 +70,7 @@ def main() -> None:
     sections.append(cold_start.run(args.quick))
     progress("3. bulk")
     sections.append(bulk.run(args.data_dir, args.out))
+    sections.append(photo.run(args.data_dir, args.out, args.quick))
     if args.training:
         progress("4. training")
         sections.append(training.run(args.out, args.data_dir))

@@ -3,10 +3,12 @@
 A model file is code-like, so the runtime accepts only the shape of graph edge-export writes:
 - no external data anywhere (onnxruntime would read the referenced files relative to the working directory
   for a model given as bytes, and leak them through the outputs);
-- only the operators the exporter writes (the per-step, hoisted and node forms, and the int8 model), so no
-  control flow (Loop, Scan, If: unbounded run time) and no operator that allocates a tensor whose size is a
+- only the operators the exporter writes (the auto, per-step, hoisted and node forms, and the int8 models),
+  so no loops (Loop, Scan: unbounded run time) and no operator that allocates a tensor whose size is a
   run-time value (ConstantOfShape, Expand, Tile, Range, Resize, Pad, ...);
-- no subgraphs, local functions or training info.
+- subgraphs only as the two branches of an If in the main graph (the auto form), checked the same way and
+  holding no further subgraph: a branch runs once, so run time stays bounded;
+- no local functions or training info.
 
 This is a small hand-written protobuf reader (the `onnx` package is not a runtime dependency): it walks the
 ModelProto, GraphProto, NodeProto, AttributeProto and TensorProto fields that can carry ops or data and
@@ -23,6 +25,7 @@ ALLOWED_OPS = frozenset(
         "Reshape", "Split", "Squeeze", "Unsqueeze", "Concat", "Identity", "Transpose",  # layout
         "RNN", "GRU", "LSTM",  # --form node
         "DynamicQuantizeLinear", "MatMulInteger", "Cast", "QuantizeLinear", "DequantizeLinear",  # int8
+        "Shape", "Gather", "Less", "If",  # --form auto: one If on the batch size picks the faster form
     )]
     + [("com.microsoft", op) for op in ("DynamicQuantizeMatMul", "DynamicQuantizeLSTM", "MatMulIntegerToFloat",
                                                     "FusedGemm")]
@@ -103,7 +106,7 @@ def _check_sparse(sparse: memoryview) -> None:
             _check_tensor(value)  # type: ignore[arg-type]
 
 
-def _check_graph(graph: memoryview) -> None:
+def _check_graph(graph: memoryview, depth: int = 0) -> None:
     for n, wire, value in _fields(graph):
         if wire != WIRE_BYTES:
             continue
@@ -112,10 +115,10 @@ def _check_graph(graph: memoryview) -> None:
         elif n == GRAPH_SPARSE_INITIALIZER:
             _check_sparse(value)  # type: ignore[arg-type]
         elif n == GRAPH_NODE:
-            _check_node(value)  # type: ignore[arg-type]
+            _check_node(value, depth)  # type: ignore[arg-type]
 
 
-def _check_node(node: memoryview) -> None:
+def _check_node(node: memoryview, depth: int = 0) -> None:
     op_type, domain = "", ""
     for n, wire, value in _fields(node):
         if wire != WIRE_BYTES:
@@ -128,7 +131,9 @@ def _check_node(node: memoryview) -> None:
             for a, a_wire, a_value in _fields(value):  # type: ignore[arg-type]
                 if a_wire != WIRE_BYTES:
                     continue
-                if a in (ATTR_GRAPH, ATTR_GRAPHS):
+                if a == ATTR_GRAPH and op_type == "If" and depth == 0:
+                    _check_graph(a_value, depth + 1)  # type: ignore[arg-type]
+                elif a in (ATTR_GRAPH, ATTR_GRAPHS):
                     raise UnsafeModel(f"the model has a subgraph (in a {op_type or '?'} node), "
                                       f"which edge-infer's models never do")
                 if a in (ATTR_TENSOR, ATTR_TENSORS):

@@ -26,9 +26,10 @@ def _fail(message: str, code: int = 2) -> None:
               "operator list a reduced-size onnxruntime build needs (.required_operators.config).")
 @click.option("--opset", type=click.IntRange(OPSETS[0], OPSETS[-1]), default=OPSET, show_default=True,
               help="ONNX opset; the IR version follows it (17: onnxruntime >= 1.16).")
-@click.option("--form", type=click.Choice(FORMS), default="per-step", show_default=True,
-              help="fp32 graph form: 'per-step' (fastest from batch 64 on), 'hoisted' (~20% faster at batch 1) "
-                   "or 'node' (one ONNX RNN/GRU/LSTM node per layer); see export/graph.py.")
+@click.option("--form", type=click.Choice(FORMS), default="auto", show_default=True,
+              help="fp32 graph form: 'auto' (the fastest form for small batches and per-step for large ones, "
+                   "chosen by an If node), 'per-step' (fastest from batch 64 on), 'hoisted' or 'node' (one ONNX "
+                   "RNN/GRU/LSTM node per layer); see export/graph.py.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data"), show_default=True,
               help="MNIST for the parity and accuracy checks (torchvision layout: DIR/MNIST/raw/).")
 @click.option("--no-download", is_flag=True, help="Never download MNIST; fail if it is missing.")

@@ -16,7 +16,7 @@ from click.testing import CliRunner  # noqa: E402
 import export.export as exporter  # noqa: E402
 from edge_infer.model_info import INPUT_NAME, OUTPUT_NAME, ModelInfo, to_rows  # noqa: E402
 from export.cli import main as edge_export  # noqa: E402
-from export.graph import FORMS, build_graph  # noqa: E402
+from export.graph import AUTO_FORMS, FORMS, SWITCH_BATCH, build_graph  # noqa: E402
 from train.model import CELLS, DigitRNN, ModelConfig  # noqa: E402
 from train.trainer import load_checkpoint  # noqa: E402
 
@@ -86,19 +86,51 @@ def test_both_graph_forms_match_torch_for_deep_models(cell, mnist):
 
 @pytest.mark.slow
 def test_graph_is_time_major(exported):
-    """The input feeds the recurrence as [time, batch, pixels]: no Transpose anywhere; the default per-step
-    form splits the input into 28 per-step rows along axis 0 (time), and the ONNX RNN node reads it as is."""
+    """The input feeds the recurrence as [time, batch, pixels]: no Transpose anywhere, and in the per-step
+    branch of the (default) auto form the input is split into 28 per-step tensors along axis 0."""
     _, fp32, _ = exported["rnn"]
     graph = fp32.graph
     dims = graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value or d.dim_param for d in dims] == [28, "N", 28]
-    assert not any(n.op_type == "Transpose" for n in graph.node)
-    splits = [n for n in graph.node if n.op_type == "Split"]
-    assert len(splits) == 1 and len(splits[0].output) == 28
-    assert next(a.i for a in splits[0].attribute if a.name == "axis") == 0
+    choose = next(n for n in graph.node if n.op_type == "If")
+    branches = [a.g for a in choose.attribute]
+    assert len(branches) == 2
+    for branch in (graph, *branches):
+        assert not any(n.op_type == "Transpose" for n in branch.node)
+    for branch in branches:
+        if any(n.op_type == "RNN" for n in branch.node):  # the node form (batch 1): checked below
+            continue
+        splits = [n for n in branch.node if n.op_type == "Split"]
+        assert len(splits) == 1 and len(splits[0].output) == 28
+        assert next(a.i for a in splits[0].attribute if a.name == "axis") == 0
     node_form = build_graph(_seed_weights(), "rnn", 128, 1, form="node")
     rnn = next(n for n in node_form.graph.node if n.op_type == "RNN")
     assert rnn.input[0] == INPUT_NAME and all(a.name != "layout" or a.i == 0 for a in rnn.attribute)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_auto_form_runs_the_small_batch_form_below_the_switch(cell, exported, small_checkpoints, mnist):
+    """The exported default: an If picks AUTO_FORMS[cell][0] below SWITCH_BATCH and per-step from there;
+    both agree with torch on each side of the switch, and the metadata says which is which."""
+    report, fp32, _ = exported[cell]
+    small, large = AUTO_FORMS[cell]
+    recurrent_op = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}[cell]
+    ops = {n.op_type for n in fp32.graph.node}
+    if small == large:  # one form is the fastest everywhere: no If
+        assert "If" not in ops and (recurrent_op in ops) == (small == "node")
+    else:
+        choose = next(n for n in fp32.graph.node if n.op_type == "If")
+        branch = {a.name: {n.op_type for n in a.g.node} for a in choose.attribute}
+        assert (recurrent_op in branch["then_branch"]) == (small == "node")
+        assert (recurrent_op in branch["else_branch"]) == (large == "node")
+    meta = ModelInfo.from_metadata({p.key: p.value for p in fp32.metadata_props}).model
+    assert (meta["graph"], meta["small_batch_form"], meta["large_batch_form"], meta["large_from_batch"]) == \
+        ("auto", small, large, SWITCH_BATCH[cell])
+    sess = session(fp32)
+    for batch in (1, SWITCH_BATCH[cell] - 1, SWITCH_BATCH[cell]):
+        images = mnist[1].images[:batch].numpy()
+        theirs = torch_logits(small_checkpoints[cell], images)
+        assert np.abs(run_rows(sess, images) - theirs).max() <= 1e-4, batch
 
 
 def _seed_weights() -> dict[str, np.ndarray]:
