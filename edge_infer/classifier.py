@@ -45,6 +45,9 @@ PARALLEL_BATCH = 256
 MAX_MODEL_BYTES = 256 * 2**20  # a model file larger than this is refused before reading (the bundled: ~0.2 MB)
 
 
+ORT_FORMAT_ID = b"ORTM"  # bytes 4-8 of an onnxruntime ORT-format model (its flatbuffer file identifier)
+
+
 class ModelError(ValueError):
     """The model can't be used (missing, corrupt, foreign, damaged, or a bad provider); one line."""
 
@@ -156,7 +159,13 @@ class Classifier:
         self._probe()
 
     def _inspect(self, blob: bytes) -> None:
-        """Refuse what is not an edge-export model before onnxruntime parses it (see model_check)."""
+        """Refuse what is not an edge-export model before onnxruntime parses it (see model_check).
+
+        ORT-format files (edge-export --ort; a flatbuffer with the identifier "ORTM") are not protobuf: they
+        get the same metadata, interface and probe checks as any model, but not this scan (README: Security
+        and limits): load .ort files you made yourself."""
+        if blob[4:8] == ORT_FORMAT_ID:
+            return
         try:
             check_model_bytes(blob)
         except NotOnnx as error:
