@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from edge_infer.onnx_graph import ModelGraph, Node, ValueInfo
+from edge_infer.onnx_graph import ModelGraph, Node, ValueInfo, large_batch_view
 
 __all__ = ["INTEGER_OPS", "GraphSummary", "Group", "draw", "load_font", "summarize", "to_png", "to_svg"]
 
@@ -224,7 +224,9 @@ def _group(s: _Structure, chain: list[int], blocks: list[set[int]]) -> Group:
 
 
 def summarize(graph: ModelGraph) -> GraphSummary:
-    """The graph as drawn: nodes, and unrolled loops collapsed into groups."""
+    """The graph as drawn: nodes, and unrolled loops collapsed into groups (the auto form: its large-batch
+    branch, see onnx_graph.large_batch_view)."""
+    graph = large_batch_view(graph)
     s = _Structure(graph)
     free = (1 << len(graph.nodes)) - 1
     groups = []
@@ -308,6 +310,9 @@ def _layout(summary: GraphSummary) -> tuple[list[_Shape], float, float]:
     x0 = 2 * PAD + min(12, _side_edges(top_edges, order)) * LANE
     y = 20.0 + LINE
     shapes.append(_Shape("text", [(PAD, 20.0)], [summary.header()], "note"))
+    if summary.graph.note:  # e.g. which branch of the auto form is drawn
+        shapes.append(_Shape("text", [(PAD, y)], [summary.graph.note], "note"))
+        y += LINE
     spans: dict[object, tuple[float, float]] = {}  # row key -> (top, bottom)
     for key, (kind, item, lines) in zip(keys, rows):
         if kind == "group":
@@ -345,7 +350,7 @@ def _layout(summary: GraphSummary) -> tuple[list[_Shape], float, float]:
             y += h + GAP
     _edges(shapes, sorted(top_edges, key=lambda e: (order[e[0]], order[e[1]])), spans, x0 + (outer_w - inner_w) / 2,
            inner_w, "edge", order)
-    width = max(x0 + outer_w + 2 * PAD, PAD + len(summary.header()) * CHAR + PAD)
+    width = max(x0 + outer_w + 2 * PAD, PAD + max(len(summary.header()), len(summary.graph.note)) * CHAR + PAD)
     return shapes, width, y
 
 

@@ -10,6 +10,8 @@ readers do. Field numbers are those of onnx/onnx.proto (stable since IR version 
 """
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass, field
 
 __all__ = ["DATA_TYPES", "INTEGER_TYPES", "ModelGraph", "Node", "OnnxFormatError", "Tensor", "ValueInfo", "read_model"]
@@ -57,6 +59,7 @@ class Node:
     outputs: tuple[str, ...]
     name: str = ""
     domain: str = ""
+    subgraphs: tuple[tuple[str, ModelGraph], ...] = ()  # graph attributes (an If's branches), by name
 
 
 @dataclass
@@ -71,6 +74,7 @@ class ModelGraph:
     outputs: list[ValueInfo] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
     has_functions: bool = False  # model-local functions (not expanded here)
+    note: str = ""  # what a drawing of this graph leaves out (see large_batch_view)
 
     @property
     def uses_external_data(self) -> bool:
@@ -144,6 +148,7 @@ def _ints(buf: bytes, wire: int, value) -> list[int]:
 
 def _node(buf: bytes, span) -> Node:
     inputs, outputs, name, op_type, domain = [], [], "", "", ""
+    subgraphs: list[tuple[str, ModelGraph]] = []
     for number, wire, value in _fields(buf, *span):
         if wire != 2:
             continue
@@ -157,7 +162,17 @@ def _node(buf: bytes, span) -> Node:
             op_type = _text(buf, value)
         elif number == 7:
             domain = _text(buf, value)
-    return Node(op_type, tuple(inputs), tuple(outputs), name, domain)
+        elif number == 5:  # AttributeProto: name = 1, g (a graph) = 6
+            attribute, graph = "", None
+            for n2, w2, v2 in _fields(buf, *value):
+                if n2 == 1 and w2 == 2:
+                    attribute = _text(buf, v2)
+                elif n2 == 6 and w2 == 2:
+                    graph = ModelGraph()
+                    _graph(buf, v2, graph)
+            if graph is not None:
+                subgraphs.append((attribute, graph))
+    return Node(op_type, tuple(inputs), tuple(outputs), name, domain, tuple(subgraphs))
 
 
 def _tensor(buf: bytes, span) -> Tensor:
@@ -235,6 +250,34 @@ def _pair(buf: bytes, span) -> tuple[str, str]:
         elif number == 2:
             second = _text(buf, value) if wire == 2 else str(value)
     return first, second
+
+
+def large_batch_view(model: ModelGraph) -> ModelGraph:
+    """The graph a drawing shows. The auto form (edge-export --form auto) is one If on the batch size over two
+    graph forms; drawn is its else branch, the large-batch form with the 28 unrolled steps, as one graph with
+    the outer graph's inputs, outputs and weights (the branch's one-input Concat weight copies undone), and a
+    note naming what runs below the switch. Any other graph is returned as it is."""
+    choose = next((n for n in model.nodes if n.op_type == "If" and len(n.subgraphs) == 2), None)
+    if choose is None:
+        return model
+    branches = dict(choose.subgraphs)
+    large, small = branches.get("else_branch"), branches.get("then_branch")
+    if large is None or small is None:
+        return model
+    weights = {**model.initializers, **large.initializers}
+    alias = {n.outputs[0]: n.inputs[0] for n in large.nodes
+             if n.op_type == "Concat" and len(n.inputs) == 1 and n.inputs[0] in weights}
+    rename = {**alias, **{o.name: choose.outputs[0] for o in large.outputs}}
+    nodes = [Node(n.op_type, tuple(rename.get(i, i) for i in n.inputs), tuple(rename.get(o, o) for o in n.outputs),
+                  n.name, n.domain) for n in large.nodes if n.outputs[0] not in alias]
+    small_ops = sorted({n.op_type for n in small.nodes if n.op_type != "Concat"} - {"Squeeze", "Reshape"})
+    try:
+        switch = f"from batch {int(json.loads(model.metadata['model'])['large_from_batch'])}"
+    except (KeyError, ValueError, TypeError):
+        switch = "for large batches"
+    note = f"auto form: drawn is the branch run {switch}; smaller batches run {', '.join(small_ops)}"
+    return ModelGraph(model.ir_version, model.producer, model.opsets, model.name, nodes, weights, model.inputs,
+                      model.outputs, model.metadata, model.has_functions, note)
 
 
 def read_model(blob: bytes) -> ModelGraph:
