@@ -33,10 +33,15 @@ def exported(tmp_path_factory, small_checkpoints, mnist) -> dict[str, tuple]:
 
 
 def torch_logits(checkpoint, images_uint8: np.ndarray) -> np.ndarray:
+    """The trained model's logits (batch_first, as trained), with the checkpoint's calibration temperature
+    applied as the export applies it."""
     state = load_checkpoint(checkpoint)
     model = DigitRNN(ModelConfig(**state["model_config"])).eval()  # as trained: batch_first
     model.load_state_dict(state["model"])
+    temperature = (state.get("calibration") or {}).get("temperature", 1.0)
     with torch.no_grad():
+        model.fc.weight.div_(temperature)
+        model.fc.bias.div_(temperature)
         return model(torch.from_numpy(images_uint8).float() / 255).numpy()
 
 

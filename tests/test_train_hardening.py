@@ -283,7 +283,8 @@ def test_full_disk_during_a_checkpoint_write_is_one_line(tmp_path, data_root):
     line = one_line(result.stderr)
     assert result.returncode == 1, line
     assert line.startswith("edge-train: error: cannot write to") and "no checkpoint was saved" in line, line
-    assert sorted(p.name for p in out.iterdir()) == ["history.json"]  # the empty history, written at start
+    # the empty history, written at start, and the module summary (model.txt), written before training
+    assert sorted(p.name for p in out.iterdir()) == ["history.json", "model.txt"]
     assert json.loads((out / "history.json").read_text()) == []
 
 
