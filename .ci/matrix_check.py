@@ -1,12 +1,13 @@
 """Helpers for .ci/matrix (standard library only: it runs on the host python and in every venv).
 
-    python3 .ci/matrix_check.py pins pyproject.toml       -> the runtime's minimums as name==version lines
-    python  .ci/matrix_check.py versions [PINS]           -> 'onnxruntime 1.16.0, numpy ...'; with PINS, exit 1
-                                                             unless each installed version is the pinned one
-    python3 .ci/matrix_check.py same REF.jsonl OTHER.jsonl -> exit 1 unless labels agree and every probability is
-                                                             within 1e-5 (edge-infer --json outputs)
-    python3 .ci/matrix_check.py table < LINES              -> '|'-separated lines as aligned columns
+python3 .ci/matrix_check.py pins pyproject.toml       -> the runtime's minimums as name==version lines
+python  .ci/matrix_check.py versions [PINS]           -> 'onnxruntime 1.16.0, numpy ...'; with PINS, exit 1
+                                                         unless each installed version is the pinned one
+python3 .ci/matrix_check.py same REF.jsonl OTHER.jsonl -> exit 1 unless labels agree and every probability is
+                                                         within 1e-5 (edge-infer --json outputs)
+python3 .ci/matrix_check.py table < LINES              -> '|'-separated lines as aligned columns
 """
+
 from __future__ import annotations
 
 import json
@@ -37,9 +38,8 @@ def _release(text: str) -> tuple[int, ...]:
 
 
 def versions(pins_file: str | None) -> int:
-    from importlib.metadata import version
-
     import platform
+    from importlib.metadata import version
 
     installed = {name: version(name) for name in RUNTIME}
     print(f"python {platform.python_version()}, " + ", ".join(f"{name} {v}" for name, v in installed.items()))
@@ -66,15 +66,18 @@ def same(reference: str, other: str) -> int:
     problems, worst = [], 0.0
     if [r["path"] for r in ref] != [g["path"] for g in got]:
         problems.append("different images")
-    for r, g in zip(ref, got):
+    for r, g in zip(ref, got, strict=False):
         if "error" in r or "error" in g or r["label"] != g["label"]:
             problems.append(f"{r['path']}: label {r.get('label')} vs {g.get('label', g.get('error'))}")
             continue
-        worst = max(worst, max(abs(a - b) for a, b in zip(r["probabilities"], g["probabilities"])))
+        worst = max(worst, max(abs(a - b) for a, b in zip(r["probabilities"], g["probabilities"], strict=False)))
     if worst > TOLERANCE:
         problems.append(f"max |probability difference| {worst:.1e} > {TOLERANCE:.0e}")
-    print(f"{len(got)} images, same labels, max |probability difference| {worst:.1e}" if not problems
-          else "; ".join(problems))
+    print(
+        f"{len(got)} images, same labels, max |probability difference| {worst:.1e}"
+        if not problems
+        else "; ".join(problems)
+    )
     return 1 if problems else 0
 
 
@@ -83,7 +86,7 @@ def table() -> int:
     rows = [line.rstrip("\n").split("|") for line in sys.stdin if line.strip()]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for n, r in enumerate(rows):
-        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=False)).rstrip())
         if n == 0:
             print("  ".join("-" * w for w in widths))
     return 0
@@ -91,6 +94,10 @@ def table() -> int:
 
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    handlers = {"pins": lambda: pins(*args), "versions": lambda: versions(args[0] if args else None),
-                "same": lambda: same(*args), "table": table}
+    handlers = {
+        "pins": lambda: pins(*args),
+        "versions": lambda: versions(args[0] if args else None),
+        "same": lambda: same(*args),
+        "table": table,
+    }
     sys.exit(handlers[command]())

@@ -9,14 +9,25 @@ then timed runs with stdout to /dev/null, taking turns with two reference proces
 the files (`Image.open(path).load()`, in as many forked processes as the CLI uses) and a naive loop (one
 `Classifier().predict(path)` per file in one process); medians.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from benchlib import add_common_args, console_script, machine_header, median, mib, run_child, section, table, \
-    target, timed
+from benchlib import (
+    add_common_args,
+    console_script,
+    machine_header,
+    median,
+    mib,
+    run_child,
+    section,
+    table,
+    target,
+    timed,
+)
 
 RUNS = 3  # timed runs; the same with --quick (one run takes about a second or two)
 TARGET_IMAGES_PER_S = 8000
@@ -60,7 +71,7 @@ def write_pngs(data_dir: Path, directory: Path) -> int:
     _, test = load_mnist(data_dir, download=False)
     directory.mkdir(parents=True, exist_ok=True)
     images, labels = test.images.numpy(), test.labels.tolist()
-    for index, (image, label) in enumerate(zip(images, labels)):
+    for index, (image, label) in enumerate(zip(images, labels, strict=False)):
         Image.fromarray(image).save(directory / f"{index:05d}-{label}.png")
     done.write_text(str(len(labels)))
     return len(labels)
@@ -87,34 +98,66 @@ def run(data_dir: Path, out: Path) -> str:
 
     jobs = usable_cpus()  # what the CLI's --jobs defaults to
     peaks: list[int] = []
-    calls = {"bulk": lambda: peaks.append(run_child(command).peak_rss),
-             "decode": lambda: run_child([sys.executable, "-c", DECODE_ONLY, str(directory), str(jobs)]),
-             "naive": lambda: run_child([sys.executable, "-c", NAIVE_LOOP, str(directory)])}
+    calls = {
+        "bulk": lambda: peaks.append(run_child(command).peak_rss),
+        "decode": lambda: run_child([sys.executable, "-c", DECODE_ONLY, str(directory), str(jobs)]),
+        "naive": lambda: run_child([sys.executable, "-c", NAIVE_LOOP, str(directory)]),
+    }
     samples = timed(calls, reps=RUNS, rounds=RUNS, warmup=0)
     seconds = median(samples["bulk"])
     decode, naive = median(samples["decode"]), median(samples["naive"])
 
-    rows = [[f"{count:,}", f"{seconds:.2f}", f"{min(samples['bulk']):.2f}", f"{count / seconds:,.0f}",
-             mib(median(peaks)), f"{acc:.2%} ({lines:,} lines)"]]
+    rows = [
+        [
+            f"{count:,}",
+            f"{seconds:.2f}",
+            f"{min(samples['bulk']):.2f}",
+            f"{count / seconds:,.0f}",
+            mib(median(peaks)),
+            f"{acc:.2%} ({lines:,} lines)",
+        ]
+    ]
     results = table(["images", "wall s (median)", "wall s (best)", "images/s", "peak RSS", "CLI accuracy"], rows)
-    results += "\n" + table(["process (same files, taking turns with the CLI)", "wall s (median)", "images/s",
-                             "CLI time / this"], [
-        ["`edge-infer DIR` (above)", f"{seconds:.2f}", f"{count / seconds:,.0f}", "1.00x"],
-        [f"decode only: `Image.open(path).load()` per file, {jobs} forked processes", f"{decode:.2f}",
-         f"{count / decode:,.0f}", f"{seconds / decode:.2f}x"],
-        ["naive loop: `Classifier().predict(path)` per file, one process", f"{naive:.2f}", f"{count / naive:,.0f}",
-         f"{seconds / naive:.2f}x"]])
-    about = (f"`edge-infer {directory}` (its defaults: bundled fp32 model, one decoding process per core), "
-             f"stdout to /dev/null, {RUNS} timed runs after one untimed run whose output was scored against the "
-             f"labels in the file names; median. Peak RSS: `os.wait4`'s ru_maxrss, the largest of the CLI and its "
-             f"decoding processes. The decode-only and naive-loop processes (scripts in bulk.py) take turns with "
-             f"the CLI runs; all three are fresh processes, start-up included.")
-    check = target(f"bulk >= {TARGET_IMAGES_PER_S:,} images/s", f"{count / seconds:,.0f} images/s",
-                   count / seconds >= TARGET_IMAGES_PER_S)
-    check += target(f"bulk <= {TARGET_VS_DECODE:g}x the decode-only time", f"{seconds / decode:.2f}x "
-                    f"({seconds:.2f} s vs {decode:.2f} s)", seconds / decode <= TARGET_VS_DECODE)
-    check += target(f"bulk >= {TARGET_VS_NAIVE:g}x the naive loop", f"{naive / seconds:.2f}x ({naive:.2f} s vs "
-                    f"{seconds:.2f} s)", naive / seconds >= TARGET_VS_NAIVE)
+    results += "\n" + table(
+        ["process (same files, taking turns with the CLI)", "wall s (median)", "images/s", "CLI time / this"],
+        [
+            ["`edge-infer DIR` (above)", f"{seconds:.2f}", f"{count / seconds:,.0f}", "1.00x"],
+            [
+                f"decode only: `Image.open(path).load()` per file, {jobs} forked processes",
+                f"{decode:.2f}",
+                f"{count / decode:,.0f}",
+                f"{seconds / decode:.2f}x",
+            ],
+            [
+                "naive loop: `Classifier().predict(path)` per file, one process",
+                f"{naive:.2f}",
+                f"{count / naive:,.0f}",
+                f"{seconds / naive:.2f}x",
+            ],
+        ],
+    )
+    about = (
+        f"`edge-infer {directory}` (its defaults: bundled fp32 model, one decoding process per core), "
+        f"stdout to /dev/null, {RUNS} timed runs after one untimed run whose output was scored against the "
+        f"labels in the file names; median. Peak RSS: `os.wait4`'s ru_maxrss, the largest of the CLI and its "
+        f"decoding processes. The decode-only and naive-loop processes (scripts in bulk.py) take turns with "
+        f"the CLI runs; all three are fresh processes, start-up included."
+    )
+    check = target(
+        f"bulk >= {TARGET_IMAGES_PER_S:,} images/s",
+        f"{count / seconds:,.0f} images/s",
+        count / seconds >= TARGET_IMAGES_PER_S,
+    )
+    check += target(
+        f"bulk <= {TARGET_VS_DECODE:g}x the decode-only time",
+        f"{seconds / decode:.2f}x ({seconds:.2f} s vs {decode:.2f} s)",
+        seconds / decode <= TARGET_VS_DECODE,
+    )
+    check += target(
+        f"bulk >= {TARGET_VS_NAIVE:g}x the naive loop",
+        f"{naive / seconds:.2f}x ({naive:.2f} s vs {seconds:.2f} s)",
+        naive / seconds >= TARGET_VS_NAIVE,
+    )
     return section("3. Bulk: a directory of 10,000 PNGs", about, results, check)
 
 

@@ -11,6 +11,7 @@ Each is a fresh process; wall time is spawn to exit, peak RSS is ru_maxrss from 
 benchlib.run_child). The three commands take turns, after one untimed warm-up each so that the files are
 in the page cache (a process cold start, not a disk cold start); medians.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,14 +19,31 @@ import re
 import subprocess
 import sys
 
-from benchlib import ROOT, add_common_args, console_script, machine_header, median, mib, run_child, section, \
-    table, target, timed
+from benchlib import (
+    ROOT,
+    add_common_args,
+    console_script,
+    machine_header,
+    median,
+    mib,
+    run_child,
+    section,
+    table,
+    target,
+    timed,
+)
 
 RUNS = 7  # per command; --quick: 5 (the least that makes a median worth printing)
 TARGET_RATIO, TARGET_EXTRA_RSS = 1.25, 10 * 2**20  # against the floor, measured in the same run
 # Modules the one-image path must not import (what they cost is why: see the issue on cold start)
-AVOIDED = {"click": "the option parser", "_hashlib": "OpenSSL's hashlib", "PIL.ImageOps": "ImageOps",
-           "PIL.EpsImagePlugin": "Pillow's other plugins", "multiprocessing": "worker processes", "json": "json"}
+AVOIDED = {
+    "click": "the option parser",
+    "_hashlib": "OpenSSL's hashlib",
+    "PIL.ImageOps": "ImageOps",
+    "PIL.EpsImagePlugin": "Pillow's other plugins",
+    "multiprocessing": "worker processes",
+    "json": "json",
+}
 PHASES = """
 import time
 t0 = time.perf_counter()
@@ -41,8 +59,13 @@ print(t1 - t0, t2 - t1, t3 - t2)
 
 def breakdown() -> str:
     """-X importtime of one cold `edge-infer examples/mnist-7.png`, and the load/predict phases in-process."""
-    run = subprocess.run([sys.executable, "-X", "importtime", "-m", "edge_infer", "examples/mnist-7.png"],
-                         capture_output=True, text=True, cwd=ROOT, check=True)
+    run = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "edge_infer", "examples/mnist-7.png"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
     self_ms: dict[str, float] = {}
     for line in run.stderr.splitlines():
         match = re.match(r"import time:\s+(\d+) \|\s+\d+ \| \s*(\S+)", line)
@@ -53,14 +76,23 @@ def breakdown() -> str:
     top = sorted(self_ms.items(), key=lambda kv: -kv[1])[:10]
     rows = [[name, f"{ms:.1f}"] for name, ms in top] + [["all imports", f"{sum(self_ms.values()):.1f}"]]
     imports = table(["package (its modules' own import time, summed)", "import ms"], rows)
-    avoided = ", ".join(f"{what} ({module}): {'imported' if module in imported else 'not imported'}"
-                        for module, what in AVOIDED.items())
-    phases = [float(x) for x in subprocess.run([sys.executable, "-c", PHASES], capture_output=True, text=True,
-                                               cwd=ROOT, check=True).stdout.split()]
-    steps = table(["phase (in-process, one cold run)", "ms"],
-                  [["import edge_infer (onnxruntime, numpy, Pillow included)", f"{phases[0] * 1e3:.1f}"],
-                   ["Classifier(): sha256 check, session, probe run", f"{phases[1] * 1e3:.1f}"],
-                   ["first predict() of a PNG (plugin import, decode, preprocess, run)", f"{phases[2] * 1e3:.1f}"]])
+    avoided = ", ".join(
+        f"{what} ({module}): {'imported' if module in imported else 'not imported'}" for module, what in AVOIDED.items()
+    )
+    phases = [
+        float(x)
+        for x in subprocess.run(
+            [sys.executable, "-c", PHASES], capture_output=True, text=True, cwd=ROOT, check=True
+        ).stdout.split()
+    ]
+    steps = table(
+        ["phase (in-process, one cold run)", "ms"],
+        [
+            ["import edge_infer (onnxruntime, numpy, Pillow included)", f"{phases[0] * 1e3:.1f}"],
+            ["Classifier(): sha256 check, session, probe run", f"{phases[1] * 1e3:.1f}"],
+            ["first predict() of a PNG (plugin import, decode, preprocess, run)", f"{phases[2] * 1e3:.1f}"],
+        ],
+    )
     return imports + "\n" + steps + f"\nOn the one-image path: {avoided}.\n"
 
 
@@ -81,19 +113,25 @@ def run(quick: bool) -> str:
     seconds = {name: median(s) for name, s in samples.items()}
     rss = {name: median(p[1:]) for name, p in peaks.items()}  # p[0] is the warm-up's
 
-    rows = [[name, f"{seconds[name]:.3f}", f"{min(samples[name]):.3f}", mib(rss[name]), len(samples[name])]
-            for name in commands]
+    rows = [
+        [name, f"{seconds[name]:.3f}", f"{min(samples[name]):.3f}", mib(rss[name]), len(samples[name])]
+        for name in commands
+    ]
     results = table(["command", "wall s (median)", "wall s (best)", "peak RSS (median)", "runs"], rows)
     ratio, extra = seconds[cli] / seconds[floor], rss[cli] - rss[floor]
-    checks = target(f"cold start <= {TARGET_RATIO}x the floor's wall time and <= the floor + {mib(TARGET_EXTRA_RSS)}",
-                    f"{ratio:.2f}x ({seconds[cli]:.3f} s vs {seconds[floor]:.3f} s; best runs "
-                    f"{min(samples[cli]) / min(samples[floor]):.2f}x), {mib(rss[cli])} ({mib(extra)} over the floor)",
-                    ratio <= TARGET_RATIO and extra <= TARGET_EXTRA_RSS)
-    about = ("Fresh processes, started from the project root with stdout to /dev/null by a tiny wrapper that "
-             "times each from spawn to exit and reads its peak RSS (`ru_maxrss`) from `os.wait4`. The commands "
-             "take turns after one untimed warm-up each (files in the page cache); medians. Bytecode caches must be "
-             "writable (PYTHONDONTWRITEBYTECODE unset), as in an installed package: without them each run "
-             "recompiles edge_infer.")
+    checks = target(
+        f"cold start <= {TARGET_RATIO}x the floor's wall time and <= the floor + {mib(TARGET_EXTRA_RSS)}",
+        f"{ratio:.2f}x ({seconds[cli]:.3f} s vs {seconds[floor]:.3f} s; best runs "
+        f"{min(samples[cli]) / min(samples[floor]):.2f}x), {mib(rss[cli])} ({mib(extra)} over the floor)",
+        ratio <= TARGET_RATIO and extra <= TARGET_EXTRA_RSS,
+    )
+    about = (
+        "Fresh processes, started from the project root with stdout to /dev/null by a tiny wrapper that "
+        "times each from spawn to exit and reads its peak RSS (`ru_maxrss`) from `os.wait4`. The commands "
+        "take turns after one untimed warm-up each (files in the page cache); medians. Bytecode caches must be "
+        "writable (PYTHONDONTWRITEBYTECODE unset), as in an installed package: without them each run "
+        "recompiles edge_infer."
+    )
     return section("2. CLI cold start", about, results, checks, "Where the time goes:\n", breakdown())
 
 

@@ -9,6 +9,7 @@
 3. .onnx vs .ort: in-process Classifier creation (session creation + checks), and the cold CLI
    `edge-infer --model X examples/mnist-7.png` (fresh processes taking turns: wall time and peak RSS).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,12 +18,22 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import add_common_args, console_script, machine_header, median, mib, run_child, section, table, \
-    target, timed
+from benchlib import (
+    add_common_args,
+    console_script,
+    machine_header,
+    median,
+    mib,
+    run_child,
+    section,
+    table,
+    target,
+    timed,
+)
+from inference import THREADS, resolve_checkpoint, time_engines
 
 from edge_infer import Classifier
 from export.export import export, load_trained
-from inference import THREADS, resolve_checkpoint, time_engines
 from train.data import load_mnist
 
 BATCHES = (1, 64, 1024)
@@ -34,10 +45,20 @@ COLD_RUNS = 7  # fresh CLI processes per model; --quick: 5
 def export_all(checkpoint: Path, out: Path, data_dir: Path):
     train, test = load_mnist(data_dir, download=False)
     folder = out / "devices"
-    paths = {"fp32": folder / "digit-rnn.onnx", "int8 dynamic": folder / "digit-rnn-int8.onnx",
-             "int8 static": folder / "digit-rnn-int8-static.onnx"}
-    report = export(checkpoint, paths["fp32"], test, int8_out=paths["int8 dynamic"],
-                    int8_static_out=paths["int8 static"], train=train, ort=True)
+    paths = {
+        "fp32": folder / "digit-rnn.onnx",
+        "int8 dynamic": folder / "digit-rnn-int8.onnx",
+        "int8 static": folder / "digit-rnn-int8-static.onnx",
+    }
+    report = export(
+        checkpoint,
+        paths["fp32"],
+        test,
+        int8_out=paths["int8 dynamic"],
+        int8_static_out=paths["int8 static"],
+        train=train,
+        ort=True,
+    )
     return paths, report, test
 
 
@@ -53,15 +74,23 @@ def speed(checkpoint: Path, paths: dict[str, Path], test, quick: bool) -> tuple[
             best[(batch, engine)] = (seconds[(engine, t)], t)
         cells = [f"{best[(batch, e)][0] * 1e6:,.1f} ({best[(batch, e)][1]})" for e in ENGINES]
         ratio = best[(batch, "int8 dynamic")][0] / best[(batch, "int8 static")][0]
-        rows.append([batch, *cells, f"{ratio:.2f}x",
-                     f"{best[(batch, 'torch')][0] / best[(batch, 'int8 static')][0]:.2f}x"])
+        rows.append(
+            [batch, *cells, f"{ratio:.2f}x", f"{best[(batch, 'torch')][0] / best[(batch, 'int8 static')][0]:.2f}x"]
+        )
     results = table(["batch", *(f"{e} µs (threads)" for e in ENGINES), "static vs dynamic", "static vs torch"], rows)
     top = BATCHES[-1]
     ratio = best[(top, "int8 dynamic")][0] / best[(top, "int8 static")][0]
     vs_torch = best[(top, "torch")][0] / best[(top, "int8 static")][0]
-    checks.append(target(f"static int8 at batch {top} at least as fast as dynamic int8",
-                         f"{ratio:.2f}x the dynamic model's speed", ratio >= 1.0))
-    checks.append(target(f"static int8 at batch {top} >= 2.5x torch eager (the aim)", f"{vs_torch:.2f}x", vs_torch >= 2.5))
+    checks.append(
+        target(
+            f"static int8 at batch {top} at least as fast as dynamic int8",
+            f"{ratio:.2f}x the dynamic model's speed",
+            ratio >= 1.0,
+        )
+    )
+    checks.append(
+        target(f"static int8 at batch {top} >= 2.5x torch eager (the aim)", f"{vs_torch:.2f}x", vs_torch >= 2.5)
+    )
     return results, "".join(checks)
 
 
@@ -84,38 +113,61 @@ def ort_vs_onnx(paths: dict[str, Path], quick: bool) -> tuple[str, str]:
         wall = f"{median(cold[key]):.3f}" if key in cold else "–"
         rss = mib(median(peaks[key][1:])) if key in cold else "–"
         rows.append([key[0], key[1], f"{path.stat().st_size:,}", f"{median(created[key]) * 1e3:.2f}", wall, rss])
-    results = table(["model", "format", "bytes", "Classifier(path) ms (median)", "cold CLI s (median)",
-                     "cold CLI peak RSS"], rows)
-    checks = "".join(target(f"cold `edge-infer --model X.ort` no slower than with the .onnx ({kind})",
-                            f"{median(cold[(kind, '.ort')]):.3f} s vs {median(cold[(kind, '.onnx')]):.3f} s",
-                            median(cold[(kind, ".ort")]) <= median(cold[(kind, ".onnx")]))
-                     for kind in ("fp32", "int8 static"))
+    results = table(
+        ["model", "format", "bytes", "Classifier(path) ms (median)", "cold CLI s (median)", "cold CLI peak RSS"], rows
+    )
+    checks = "".join(
+        target(
+            f"cold `edge-infer --model X.ort` no slower than with the .onnx ({kind})",
+            f"{median(cold[(kind, '.ort')]):.3f} s vs {median(cold[(kind, '.onnx')]):.3f} s",
+            median(cold[(kind, ".ort")]) <= median(cold[(kind, ".onnx")]),
+        )
+        for kind in ("fp32", "int8 static")
+    )
     return results, checks
 
 
 def run(checkpoint: Path | None, out: Path, data_dir: Path, quick: bool) -> str:
     path, origin = resolve_checkpoint(checkpoint, out, data_dir)
     paths, report, test = export_all(path, out, data_dir)
-    accuracy = (f"Checkpoint `{path}` ({origin}), exported by this run to `{paths['fp32'].parent}`. MNIST test "
-                f"accuracy: fp32 {report.fp32_accuracy:.2%}, dynamic int8 {report.int8_accuracy:.2%}, static int8 "
-                f"{report.int8_static_accuracy:.2%} (calibrated on 2,000 training images).")
+    accuracy = (
+        f"Checkpoint `{path}` ({origin}), exported by this run to `{paths['fp32'].parent}`. MNIST test "
+        f"accuracy: fp32 {report.fp32_accuracy:.2%}, dynamic int8 {report.int8_accuracy:.2%}, static int8 "
+        f"{report.int8_static_accuracy:.2%} (calibrated on 2,000 training images)."
+    )
     speed_table, speed_checks = speed(path, paths, test, quick)
     ort_table, ort_checks = ort_vs_onnx(paths, quick)
-    about_speed = ("session.run per call on the first B MNIST test images, sessions made by "
-                   "`edge_infer.Classifier(threads=1|2)`, torch eager as in section 1; every engine and thread "
-                   "setting takes turns in one run (10 rounds, medians); each cell is the faster thread setting.")
-    about_ort = ("`Classifier(path)` timed in-process (reads the file, creates the session, checks interface and "
-                 "metadata; 5 rounds taking turns, medians). Cold CLI: fresh `edge-infer --model X "
-                 "examples/mnist-7.png` processes taking turns after one warm-up each (files in the page cache); "
-                 "wall time and peak RSS (ru_maxrss via os.wait4), medians.")
-    return section("6. Devices: static int8 and the ORT format", accuracy, about_speed, speed_table, speed_checks,
-                   about_ort, ort_table, ort_checks)
+    about_speed = (
+        "session.run per call on the first B MNIST test images, sessions made by "
+        "`edge_infer.Classifier(threads=1|2)`, torch eager as in section 1; every engine and thread "
+        "setting takes turns in one run (10 rounds, medians); each cell is the faster thread setting."
+    )
+    about_ort = (
+        "`Classifier(path)` timed in-process (reads the file, creates the session, checks interface and "
+        "metadata; 5 rounds taking turns, medians). Cold CLI: fresh `edge-infer --model X "
+        "examples/mnist-7.png` processes taking turns after one warm-up each (files in the page cache); "
+        "wall time and peak RSS (ru_maxrss via os.wait4), medians."
+    )
+    return section(
+        "6. Devices: static int8 and the ORT format",
+        accuracy,
+        about_speed,
+        speed_table,
+        speed_checks,
+        about_ort,
+        ort_table,
+        ort_checks,
+    )
 
 
 def main() -> None:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="an edge-train checkpoint (default: runs/bundled/checkpoint.pt, else OUT/train-default)")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="an edge-train checkpoint (default: runs/bundled/checkpoint.pt, else OUT/train-default)",
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     header = machine_header("edge-infer devices benchmark", args.quick)

@@ -8,13 +8,13 @@ files in the page cache): Pillow's full decode of the file (`Image.open(path).lo
 to get the pixels), `predict(path)`, and its parts (load_image, to_grey + to_mnist); medians. The target is
 on the ratio predict / decode, per photo.
 """
+
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 import numpy as np
-
 from benchlib import add_common_args, machine_header, median, section, table, target, timed
 
 SIZE = (1000, 800)  # width, height
@@ -23,15 +23,22 @@ REPS = 60  # timed calls of each thing per photo; --quick: a tenth
 TARGET_RATIO = 3.0
 
 
-def _page(digit: np.ndarray, rng: np.random.Generator, side: int, light_lo: float, light_hi: float,
-          noise: float, texture: float = 0.0) -> np.ndarray:
+def _page(
+    digit: np.ndarray,
+    rng: np.random.Generator,
+    side: int,
+    light_lo: float,
+    light_hi: float,
+    noise: float,
+    texture: float = 0.0,
+) -> np.ndarray:
     from PIL import Image
 
     w, h = SIZE
     ink = np.asarray(Image.fromarray(digit).resize((side, side), Image.Resampling.BICUBIC), np.float32) / 255
     cover = np.zeros((h, w), np.float32)
     y, x = int(rng.integers(20, h - side - 20)), int(rng.integers(20, w - side - 20))
-    cover[y:y + side, x:x + side] = ink
+    cover[y : y + side, x : x + side] = ink
     yy, xx = np.mgrid[0:h, 0:w] / w
     light = light_lo + (light_hi - light_lo) * xx - 0.4 * ((xx - 0.5) ** 2 + (yy - 0.4) ** 2)  # gradient, vignetting
     paper = light * (1 + texture * rng.normal(0, 1, (h // 8 + 1, w // 8 + 1)).repeat(8, 0).repeat(8, 1)[:h, :w])
@@ -41,7 +48,13 @@ def _page(digit: np.ndarray, rng: np.random.Generator, side: int, light_lo: floa
 
 KINDS = {
     "shaded page, big digit": {"side": 420, "light_lo": 0.35, "light_hi": 0.95, "noise": 0.03},
-    "small off-centre digit, paper texture": {"side": 160, "light_lo": 0.5, "light_hi": 0.9, "noise": 0.02, "texture": 0.03},
+    "small off-centre digit, paper texture": {
+        "side": 160,
+        "light_lo": 0.5,
+        "light_hi": 0.9,
+        "noise": 0.02,
+        "texture": 0.03,
+    },
     "dim and noisy": {"side": 360, "light_lo": 0.25, "light_hi": 0.5, "noise": 0.06},
 }
 
@@ -76,28 +89,53 @@ def run(data_dir: Path, out: Path, quick: bool) -> str:
     rows, ratios, right = [], [], 0
     for kind, path, label in photos:
         image = load_image(path)
-        calls = {"decode": lambda path=path: Image.open(path).load(),
-                 "predict": lambda path=path: classifier.predict(path),
-                 "load_image": lambda path=path: load_image(path),
-                 "mnist": lambda image=image: to_mnist(to_grey(image))}
+        calls = {
+            "decode": lambda path=path: Image.open(path).load(),
+            "predict": lambda path=path: classifier.predict(path),
+            "load_image": lambda path=path: load_image(path),
+            "mnist": lambda image=image: to_mnist(to_grey(image)),
+        }
         seconds = {k: median(s) for k, s in timed(calls, reps=REPS // (10 if quick else 1)).items()}
         ratio = seconds["predict"] / seconds["decode"]
         ratios.append(ratio)
         prediction = classifier.predict(path)
         right += prediction.label == label
-        rows.append([f"{path.name} ({kind})", f"{seconds['decode'] * 1e3:.2f}", f"{seconds['load_image'] * 1e3:.2f}",
-                     f"{seconds['mnist'] * 1e3:.2f}", f"{seconds['predict'] * 1e3:.2f}", f"{ratio:.2f}x",
-                     f"{prediction.label} ({label})"])
-    results = table(["photo", "decode ms", "load_image ms", "to_grey + to_mnist ms", "predict ms",
-                     "predict / decode", "label (true)"], rows)
-    about = (f"{len(photos)} photos of real MNIST test digits, {SIZE[0]}x{SIZE[1]} RGB JPEG (quality 85), made by "
-             "this script in `" + str(out / "photos") + "`. Per photo, in one process and taking turns in 10 rounds: "
-             "`Image.open(path).load()` (decode), `edge_infer.preprocess.load_image(path)` (decode to grey + "
-             "shrink to <= 512 px), `to_mnist(to_grey(image))` on the loaded image, and `Classifier().predict(path)` "
-             "(all of it plus the bundled fp32 model); medians.")
-    check = target(f"one 1000x800 JPEG photo: predict <= {TARGET_RATIO:g}x its decode time",
-                   f"{max(ratios):.2f}x at worst, median {median(ratios):.2f}x over {len(photos)} photos "
-                   f"({right}/{len(photos)} labels right)", max(ratios) <= TARGET_RATIO)
+        rows.append(
+            [
+                f"{path.name} ({kind})",
+                f"{seconds['decode'] * 1e3:.2f}",
+                f"{seconds['load_image'] * 1e3:.2f}",
+                f"{seconds['mnist'] * 1e3:.2f}",
+                f"{seconds['predict'] * 1e3:.2f}",
+                f"{ratio:.2f}x",
+                f"{prediction.label} ({label})",
+            ]
+        )
+    results = table(
+        [
+            "photo",
+            "decode ms",
+            "load_image ms",
+            "to_grey + to_mnist ms",
+            "predict ms",
+            "predict / decode",
+            "label (true)",
+        ],
+        rows,
+    )
+    about = (
+        f"{len(photos)} photos of real MNIST test digits, {SIZE[0]}x{SIZE[1]} RGB JPEG (quality 85), made by "
+        "this script in `" + str(out / "photos") + "`. Per photo, in one process and taking turns in 10 rounds: "
+        "`Image.open(path).load()` (decode), `edge_infer.preprocess.load_image(path)` (decode to grey + "
+        "shrink to <= 512 px), `to_mnist(to_grey(image))` on the loaded image, and `Classifier().predict(path)` "
+        "(all of it plus the bundled fp32 model); medians."
+    )
+    check = target(
+        f"one 1000x800 JPEG photo: predict <= {TARGET_RATIO:g}x its decode time",
+        f"{max(ratios):.2f}x at worst, median {median(ratios):.2f}x over {len(photos)} photos "
+        f"({right}/{len(photos)} labels right)",
+        max(ratios) <= TARGET_RATIO,
+    )
     return section("3b. One photo: predict vs decode", about, results, check)
 
 

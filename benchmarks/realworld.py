@@ -21,6 +21,7 @@ Sets (HELD_OUT: never used for training, nor for choosing the recipe or the bund
 Prints per set: accuracy, per-digit accuracy, the confusions that cost most, expected calibration error and
 the error left at 95 % coverage (the 5 % least confident answers withheld).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
-
 from benchlib import add_common_args, machine_header, section, table
+from PIL import Image, ImageDraw, ImageFont
 
 from edge_infer.classifier import Classifier, bundled_model_path
 from train.calibrate import ece, error_at_coverage
@@ -75,19 +75,35 @@ def _cm_font(name: str, size: int) -> ImageFont.FreeTypeFont:
 
 def fonts(quick: bool = False) -> list[tuple[bytes, int]]:
     rng = np.random.default_rng(SEED)
-    faces = [lambda s: _cm_font("cmr10.ttf", s), lambda s: _cm_font("cmb10.ttf", s),
-             lambda s: _cm_font("cmti10.ttf", s), lambda s: ImageFont.load_default(s)]
+    faces = [
+        lambda s: _cm_font("cmr10.ttf", s),
+        lambda s: _cm_font("cmb10.ttf", s),
+        lambda s: _cm_font("cmti10.ttf", s),
+        lambda s: ImageFont.load_default(s),
+    ]
     out = []
     for face in faces:
         for label in range(10):
             for _ in range(3 if quick else 10):
                 size = int(rng.integers(24, 120))
                 img = Image.new("L", (size * 2, size * 2), 255)
-                ImageDraw.Draw(img).text((size, size), str(label), fill=0, font=face(size), anchor="mm",
-                                         stroke_width=int(rng.choice([0, 0, 0, 1])), stroke_fill=0)
+                ImageDraw.Draw(img).text(
+                    (size, size),
+                    str(label),
+                    fill=0,
+                    font=face(size),
+                    anchor="mm",
+                    stroke_width=int(rng.choice([0, 0, 0, 1])),
+                    stroke_fill=0,
+                )
                 shear = float(rng.uniform(-0.2, 0.2))
-                img = img.transform(img.size, Image.Transform.AFFINE, (1, shear, -shear * size, 0, 1, 0),
-                                    Image.Resampling.BILINEAR, fillcolor=255)
+                img = img.transform(
+                    img.size,
+                    Image.Transform.AFFINE,
+                    (1, shear, -shear * size, 0, 1, 0),
+                    Image.Resampling.BILINEAR,
+                    fillcolor=255,
+                )
                 out.append((_png(img), label))
     return out
 
@@ -98,8 +114,10 @@ def _thin(mask: np.ndarray) -> np.ndarray:
     while True:
         changed = False
         for step in (0, 1):
-            p = [np.roll(np.roll(m, -dy, 0), -dx, 1) for dy, dx in
-                 ((-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1))]  # P2..P9
+            p = [
+                np.roll(np.roll(m, -dy, 0), -dx, 1)
+                for dy, dx in ((-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1))
+            ]  # P2..P9
             b = sum(p)
             a = sum(((p[i] == 0) & (p[(i + 1) % 8] == 1)).astype(np.uint8) for i in range(8))
             if step == 0:
@@ -150,7 +168,7 @@ def postal(mnist_images: np.ndarray, mnist_labels: np.ndarray, count: int) -> li
     for index in rng.choice(len(mnist_images), count, replace=False):
         digit = mnist_images[index]
         rows, cols = np.flatnonzero(digit.max(1) > 30), np.flatnonzero(digit.max(0) > 30)
-        crop = Image.fromarray(255 - digit[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
+        crop = Image.fromarray(255 - digit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1])
         w, h = crop.size
         if w < 0.4 * h:  # a narrow 1 keeps its width, centred in the 16x16 box as USPS has it
             narrow = crop.resize((max(3, round(16 * w / h)), 16), Image.Resampling.BICUBIC)
@@ -178,13 +196,18 @@ def _generated(kind: str, mnist_images: np.ndarray, mnist_labels: np.ndarray, co
     return out
 
 
-def build_sets(mnist_images: np.ndarray, mnist_labels: np.ndarray, quick: bool = False
-               ) -> dict[str, list[tuple[bytes, int]]]:
+def build_sets(
+    mnist_images: np.ndarray, mnist_labels: np.ndarray, quick: bool = False
+) -> dict[str, list[tuple[bytes, int]]]:
     n = 300 if quick else 2000
-    sets = {"uci-writers": uci_writers(), "fonts": fonts(quick), "tablet": tablet(mnist_images, mnist_labels, n),
-            "postal": postal(mnist_images, mnist_labels, n),
-            "scans": _generated("scans", mnist_images, mnist_labels, n),
-            "styles": _generated("styles", mnist_images, mnist_labels, n // 2)}
+    sets = {
+        "uci-writers": uci_writers(),
+        "fonts": fonts(quick),
+        "tablet": tablet(mnist_images, mnist_labels, n),
+        "postal": postal(mnist_images, mnist_labels, n),
+        "scans": _generated("scans", mnist_images, mnist_labels, n),
+        "styles": _generated("styles", mnist_images, mnist_labels, n // 2),
+    }
     if quick:
         sets["uci-writers"] = sets["uci-writers"][:400]
     return sets
@@ -202,20 +225,28 @@ def score(classifier: Classifier, items: list[tuple[bytes, int]] | tuple[np.ndar
         labels = np.array([label for _, label in items])
         predictions = []
         for start in range(0, len(items), 500):
-            predictions += classifier.predict_batch([blob for blob, _ in items[start:start + 500]])
+            predictions += classifier.predict_batch([blob for blob, _ in items[start : start + 500]])
     predicted = np.array([p.label for p in predictions])
     confidence = np.array([p.confidence for p in predictions])
     correct = predicted == labels
     per_digit = [float(correct[labels == d].mean()) if (labels == d).any() else float("nan") for d in range(10)]
     confusions = Counter((int(t), int(p)) for t, p in zip(labels[~correct], predicted[~correct], strict=True))
-    return {"n": len(labels), "accuracy": float(correct.mean()), "per_digit": per_digit,
-            "confusions": confusions.most_common(4), "ece": ece(confidence, correct),
-            "error": float(1 - correct.mean()), "error95": error_at_coverage(confidence, correct)}
+    return {
+        "n": len(labels),
+        "accuracy": float(correct.mean()),
+        "per_digit": per_digit,
+        "confusions": confusions.most_common(4),
+        "ece": ece(confidence, correct),
+        "error": float(1 - correct.mean()),
+        "error95": error_at_coverage(confidence, correct),
+    }
 
 
 def evaluate(models: dict[str, Classifier], sets: dict) -> dict[str, dict[str, dict]]:
-    return {name: {precision: score(classifier, items) for precision, classifier in models.items()}
-            for name, items in sets.items()}
+    return {
+        name: {precision: score(classifier, items) for precision, classifier in models.items()}
+        for name, items in sets.items()
+    }
 
 
 def report(results: dict[str, dict[str, dict]]) -> str:
@@ -225,12 +256,32 @@ def report(results: dict[str, dict[str, dict]]) -> str:
         fp32 = by_precision["fp32"]
         int8 = by_precision.get("int8")
         confusions = ", ".join(f"{t}→{p} ×{n}" for (t, p), n in fp32["confusions"])
-        rows.append([name, held, fp32["n"], f"{fp32['accuracy']:.2%}",
-                     f"{int8['accuracy']:.2%}" if int8 else "–", f"{fp32['ece']:.2%}",
-                     f"{fp32['error']:.2%} → {fp32['error95']:.2%}", confusions or "–"])
+        rows.append(
+            [
+                name,
+                held,
+                fp32["n"],
+                f"{fp32['accuracy']:.2%}",
+                f"{int8['accuracy']:.2%}" if int8 else "–",
+                f"{fp32['ece']:.2%}",
+                f"{fp32['error']:.2%} → {fp32['error95']:.2%}",
+                confusions or "–",
+            ]
+        )
         digit_rows.append([name] + [f"{a:.0%}" for a in fp32["per_digit"]])
-    main = table(["set", "held out", "images", "fp32", "int8", "ECE (fp32)", "error → at 95 % coverage",
-                  "costliest confusions (true→read)"], rows)
+    main = table(
+        [
+            "set",
+            "held out",
+            "images",
+            "fp32",
+            "int8",
+            "ECE (fp32)",
+            "error → at 95 % coverage",
+            "costliest confusions (true→read)",
+        ],
+        rows,
+    )
     digits = table(["set (fp32)"] + [str(d) for d in range(10)], digit_rows)
     return section("Real-world accuracy", main, "Per digit (fp32):", digits)
 
@@ -238,7 +289,9 @@ def report(results: dict[str, dict[str, dict]]) -> str:
 def main() -> None:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--model", type=Path, default=bundled_model_path(False), help="fp32 .onnx (default: bundled)")
-    parser.add_argument("--int8-model", type=Path, default=bundled_model_path(True), help="int8 .onnx (default: bundled)")
+    parser.add_argument(
+        "--int8-model", type=Path, default=bundled_model_path(True), help="int8 .onnx (default: bundled)"
+    )
     args = parser.parse_args()
     header = machine_header("edge-infer real-world accuracy", args.quick)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

@@ -204,8 +204,25 @@ LOAD_TARGET = 1.5  # default training under load <= 1.5x its quiet time
 def _train_seconds(out: Path, data_dir: Path, threads: int) -> float:
     """Training seconds (the trainer's clock) of one epoch of the default recipe on THREAD_SLICE images."""
     with tempfile.TemporaryDirectory(dir=out) as tmp:
-        run_child([sys.executable, "-m", "train", "--limit-train", str(THREAD_SLICE), "--epochs", "1", "--threads",
-                   str(threads), "--out", f"{tmp}/run", "--data-dir", str(data_dir), "--no-download", "--quiet"])
+        run_child(
+            [
+                sys.executable,
+                "-m",
+                "train",
+                "--limit-train",
+                str(THREAD_SLICE),
+                "--epochs",
+                "1",
+                "--threads",
+                str(threads),
+                "--out",
+                f"{tmp}/run",
+                "--data-dir",
+                str(data_dir),
+                "--no-download",
+                "--quiet",
+            ]
+        )
         return read_history(Path(tmp, "run"))[-1]["seconds"]
 
 
@@ -215,9 +232,27 @@ class _LoadJob:
     def __init__(self, out: Path, data_dir: Path) -> None:
         self.dir = tempfile.mkdtemp(dir=out)
         env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-        self.proc = subprocess.Popen([sys.executable, "-m", "train", "--threads", "2", "--epochs", "100", "--out",
-                                      f"{self.dir}/run", "--data-dir", str(data_dir), "--no-download", "--quiet"],
-                                     cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "train",
+                "--threads",
+                "2",
+                "--epochs",
+                "100",
+                "--out",
+                f"{self.dir}/run",
+                "--data-dir",
+                str(data_dir),
+                "--no-download",
+                "--quiet",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(8)  # past its start-up (imports, loading MNIST): training when the measured run starts
 
     def stop(self) -> None:
@@ -246,20 +281,41 @@ def threads_report(out: Path, data_dir: Path, rounds: int = THREAD_ROUNDS) -> st
     rows, median = [], {key: statistics.median(v) for key, v in samples.items()}
     for (threads, loaded), seconds in median.items():
         quiet = median[(threads, False)]
-        rows.append([f"{threads}" + (" (default)" if threads == DEFAULT_THREADS else ""),
-                     "under load" if loaded else "quiet", f"{seconds:.2f}",
-                     " / ".join(f"{x:.2f}" for x in samples[(threads, loaded)]),
-                     f"{seconds / slice_batches * 1000:.1f}", f"{seconds / slice_batches * full_batches:.0f}",
-                     f"{seconds / quiet:.2f}×"])
-    lines = table(["--threads", "machine", f"training s ({THREAD_SLICE} images, median)", "each round",
-                   "ms / batch", "extrapolated s, whole default run", "vs quiet"], rows)
+        rows.append(
+            [
+                f"{threads}" + (" (default)" if threads == DEFAULT_THREADS else ""),
+                "under load" if loaded else "quiet",
+                f"{seconds:.2f}",
+                " / ".join(f"{x:.2f}" for x in samples[(threads, loaded)]),
+                f"{seconds / slice_batches * 1000:.1f}",
+                f"{seconds / slice_batches * full_batches:.0f}",
+                f"{seconds / quiet:.2f}×",
+            ]
+        )
+    lines = table(
+        [
+            "--threads",
+            "machine",
+            f"training s ({THREAD_SLICE} images, median)",
+            "each round",
+            "ms / batch",
+            "extrapolated s, whole default run",
+            "vs quiet",
+        ],
+        rows,
+    )
     ratio = median[(DEFAULT_THREADS, True)] / median[(DEFAULT_THREADS, False)]
-    note = (f"One epoch of the default recipe on the first {THREAD_SLICE} training images ({slice_batches} batches), "
-            f"`edge-train --limit-train {THREAD_SLICE} --epochs 1 --threads N`; 'under load': beside "
-            "`edge-train --threads 2` training at the same time; extrapolated by batch count to the whole default "
-            f"run ({full_batches} batches). {rounds} rounds; 1-minute load average before each run: {', '.join(loads)}.")
-    check = target(f"default training (--threads {DEFAULT_THREADS}) under load <= {LOAD_TARGET}× its quiet time",
-                   f"{ratio:.2f}×", ratio <= LOAD_TARGET)
+    note = (
+        f"One epoch of the default recipe on the first {THREAD_SLICE} training images ({slice_batches} batches), "
+        f"`edge-train --limit-train {THREAD_SLICE} --epochs 1 --threads N`; 'under load': beside "
+        "`edge-train --threads 2` training at the same time; extrapolated by batch count to the whole default "
+        f"run ({full_batches} batches). {rounds} rounds; 1-minute load average before each run: {', '.join(loads)}."
+    )
+    check = target(
+        f"default training (--threads {DEFAULT_THREADS}) under load <= {LOAD_TARGET}× its quiet time",
+        f"{ratio:.2f}×",
+        ratio <= LOAD_TARGET,
+    )
     return section("4b. Training threads", note, lines, check)
 
 

@@ -9,6 +9,7 @@ of 5 MNIST digits and N of 1-10 digits, the backgrounds taking turns (photo-like
 transparent); and printed numbers in every DejaVu font. Per-digit accuracy counts the true digits read in
 order (longest common subsequence) over all true digits.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,9 +18,8 @@ import sys
 import time
 
 import numpy as np
-from PIL import Image
-
 from benchlib import ROOT, add_common_args, machine_header, median, section, table, target, timed
+from PIL import Image
 
 from edge_infer import Classifier
 
@@ -27,47 +27,86 @@ sys.path.insert(0, str(ROOT))
 from tests.conftest import read_idx
 from tests.number_strings import BACKGROUNDS, digits_matched, font_number, font_paths, mnist_number
 
-CONDITIONS = (("apart", "apart", 1.0), ("a fifth touching", "touching", 0.2),
-              ("a fifth overlapping", "overlapping", 0.2))
+CONDITIONS = (
+    ("apart", "apart", 1.0),
+    ("a fifth touching", "touching", 0.2),
+    ("a fifth overlapping", "overlapping", 0.2),
+)
 
 
 def _score(classifier: Classifier, numbers: list) -> dict[str, float]:
     readings = []
     for start in range(0, len(numbers), 64):  # a batch of images per read_numbers, as the CLI does
-        readings += classifier.read_numbers([n.image for n in numbers[start:start + 64]])
+        readings += classifier.read_numbers([n.image for n in numbers[start : start + 64]])
     digits = sum(len(n.text) for n in numbers)
-    return {"strings": len(numbers),
-            "digit": sum(digits_matched(n.text, r.text) for n, r in zip(numbers, readings)) / digits,
-            "whole": float(np.mean([n.text == r.text for n, r in zip(numbers, readings)])),
-            "count": float(np.mean([len(n.text) != len(r.text) for n, r in zip(numbers, readings)]))}
+    return {
+        "strings": len(numbers),
+        "digit": sum(digits_matched(n.text, r.text) for n, r in zip(numbers, readings, strict=False)) / digits,
+        "whole": float(np.mean([n.text == r.text for n, r in zip(numbers, readings, strict=False)])),
+        "count": float(np.mean([len(n.text) != len(r.text) for n, r in zip(numbers, readings, strict=False)])),
+    }
 
 
-def accuracy(classifier: Classifier, images: np.ndarray, labels: np.ndarray, strings: int
-             ) -> tuple[str, dict[str, dict[str, float]]]:
+def accuracy(
+    classifier: Classifier, images: np.ndarray, labels: np.ndarray, strings: int
+) -> tuple[str, dict[str, dict[str, float]]]:
     rows, results = [], {}
     for name, spacing, share in CONDITIONS:
         for lengths in ("5", "1-10"):
             rng = np.random.default_rng(len(rows))  # the same strings in every run
-            numbers = [mnist_number(images, labels, rng, length=5 if lengths == "5" else int(rng.integers(1, 11)),
-                                    spacing=spacing, share=share, background=BACKGROUNDS[i % 3])
-                       for i in range(strings)]
+            numbers = [
+                mnist_number(
+                    images,
+                    labels,
+                    rng,
+                    length=5 if lengths == "5" else int(rng.integers(1, 11)),
+                    spacing=spacing,
+                    share=share,
+                    background=BACKGROUNDS[i % 3],
+                )
+                for i in range(strings)
+            ]
             touching = sum(s != "apart" for n in numbers for s in n.spacings)
             pairs = sum(len(n.spacings) for n in numbers)
             r = _score(classifier, numbers)
             results[f"{spacing}/{lengths}"] = r
-            rows.append([f"MNIST test, {lengths} digits", name, f"{touching / max(pairs, 1):.0%}", r["strings"],
-                         f"{r['digit']:.1%}", f"{r['whole']:.1%}", f"{r['count']:.1%}"])
+            rows.append(
+                [
+                    f"MNIST test, {lengths} digits",
+                    name,
+                    f"{touching / max(pairs, 1):.0%}",
+                    r["strings"],
+                    f"{r['digit']:.1%}",
+                    f"{r['whole']:.1%}",
+                    f"{r['count']:.1%}",
+                ]
+            )
     rng = np.random.default_rng(99)
     fonts = font_paths()
-    numbers = [font_number("".join(str(d) for d in rng.integers(0, 10, int(rng.integers(1, 11)))), fonts[i % len(fonts)],
-                           rng, size=int(rng.integers(28, 90)), background=BACKGROUNDS[i % 3])
-               for i in range(max(len(fonts), strings // 3))]
+    numbers = [
+        font_number(
+            "".join(str(d) for d in rng.integers(0, 10, int(rng.integers(1, 11)))),
+            fonts[i % len(fonts)],
+            rng,
+            size=int(rng.integers(28, 90)),
+            background=BACKGROUNDS[i % 3],
+        )
+        for i in range(max(len(fonts), strings // 3))
+    ]
     r = _score(classifier, numbers)
     results["fonts"] = r
-    rows.append([f"{len(fonts)} DejaVu fonts, 1-10 digits", "as printed (+0-25 % tracking)", "", r["strings"],
-                 f"{r['digit']:.1%}", f"{r['whole']:.1%}", f"{r['count']:.1%}"])
-    text = table(["strings", "spacing", "pairs touching", "n", "per-digit", "whole string", "wrong digit count"],
-                 rows)
+    rows.append(
+        [
+            f"{len(fonts)} DejaVu fonts, 1-10 digits",
+            "as printed (+0-25 % tracking)",
+            "",
+            r["strings"],
+            f"{r['digit']:.1%}",
+            f"{r['whole']:.1%}",
+            f"{r['count']:.1%}",
+        ]
+    )
+    text = table(["strings", "spacing", "pairs touching", "n", "per-digit", "whole string", "wrong digit count"], rows)
     return text, results
 
 
@@ -82,15 +121,19 @@ def speed(classifier: Classifier, images: np.ndarray, labels: np.ndarray, quick:
     photo.save(buffer, "PNG")
     data = buffer.getvalue()
     reading = classifier.read_number(data)
-    samples = timed({"predict": lambda: classifier.predict(data), "read_number": lambda: classifier.read_number(data)},
-                    reps=40 if quick else 300)
+    samples = timed(
+        {"predict": lambda: classifier.predict(data), "read_number": lambda: classifier.read_number(data)},
+        reps=40 if quick else 300,
+    )
     single, whole = median(samples["predict"]), median(samples["read_number"])
     ratio = whole / single
-    rows = [["`predict` (one digit)", f"{single * 1e3:.2f} ms", "1.00"],
-            [f"`read_number` (read {reading.text!r}, truth {number.text!r})", f"{whole * 1e3:.2f} ms",
-             f"{ratio:.2f}"]]
+    rows = [
+        ["`predict` (one digit)", f"{single * 1e3:.2f} ms", "1.00"],
+        [f"`read_number` (read {reading.text!r}, truth {number.text!r})", f"{whole * 1e3:.2f} ms", f"{ratio:.2f}"],
+    ]
     return table([f"{photo.width}x{photo.height} photo-like PNG", "median", "x predict"], rows) + "\n" + target(
-        "read_number of a 5-digit 1000x300 photo <= 3x predict", f"{ratio:.2f}x", ratio <= 3.0), ratio <= 3.0
+        "read_number of a 5-digit 1000x300 photo <= 3x predict", f"{ratio:.2f}x", ratio <= 3.0
+    ), ratio <= 3.0
 
 
 def run(data_dir, quick: bool, strings: int | None = None) -> str:
@@ -99,11 +142,15 @@ def run(data_dir, quick: bool, strings: int | None = None) -> str:
     strings = strings or (60 if quick else 300)
     text, results = accuracy(classifier, images, labels, strings)
     apart, touching = results["apart/5"], results["touching/5"]
-    targets = (target("5 MNIST digits apart: whole string >= 92 %", f"{apart['whole']:.1%}", apart["whole"] >= 0.92)
-               + target("5 MNIST digits, a fifth touching: whole string >= 80 %", f"{touching['whole']:.1%}",
-                        touching["whole"] >= 0.80)
-               + target("5 MNIST digits apart: wrong digit count <= 2 %", f"{apart['count']:.1%}",
-                        apart["count"] <= 0.02))
+    targets = (
+        target("5 MNIST digits apart: whole string >= 92 %", f"{apart['whole']:.1%}", apart["whole"] >= 0.92)
+        + target(
+            "5 MNIST digits, a fifth touching: whole string >= 80 %",
+            f"{touching['whole']:.1%}",
+            touching["whole"] >= 0.80,
+        )
+        + target("5 MNIST digits apart: wrong digit count <= 2 %", f"{apart['count']:.1%}", apart["count"] <= 0.02)
+    )
     speed_text, _ = speed(classifier, images, labels, quick)
     return section("6. Whole numbers (`read_numbers`)", text, targets, speed_text)
 
@@ -115,8 +162,10 @@ def main() -> None:
     header = machine_header("edge-infer: whole numbers", args.quick)
     started = time.perf_counter()
     body = run(args.data_dir, args.quick, args.strings)
-    print(header + f"\nCommand: `python benchmarks/whole_numbers.py{' --quick' if args.quick else ''}"
-          f"{f' --strings {args.strings}' if args.strings else ''}`; took {time.perf_counter() - started:.0f} s.\n")
+    print(
+        header + f"\nCommand: `python benchmarks/whole_numbers.py{' --quick' if args.quick else ''}"
+        f"{f' --strings {args.strings}' if args.strings else ''}`; took {time.perf_counter() - started:.0f} s.\n"
+    )
     print(body)
 
 

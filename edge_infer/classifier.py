@@ -6,6 +6,7 @@
 One Classifier may be shared by many threads: onnxruntime's InferenceSession.run is thread-safe, and its
 only mutable state, the all-cores session for large batches, is created once under a lock.
 """
+
 from __future__ import annotations
 
 import json
@@ -95,8 +96,9 @@ def _read_bundled(int8: bool) -> bytes:
         blob = path.read_bytes()
         expected = json.loads((MODELS_DIR / PROVENANCE).read_text())["models"][path.name]["sha256"]
     except (OSError, ValueError, KeyError) as error:
-        raise ModelError(f"bundled model {path.name} is missing or its provenance is unreadable ({error}); "
-                         f"reinstall edge-infer") from None
+        raise ModelError(
+            f"bundled model {path.name} is missing or its provenance is unreadable ({error}); reinstall edge-infer"
+        ) from None
     if sha256(blob).hexdigest() != expected:
         raise ModelError(f"bundled model {path} is damaged (sha256 mismatch); reinstall edge-infer")
     return blob
@@ -118,8 +120,15 @@ class Classifier:
     edge-export never writes, subgraphs and files that are not regular or over MAX_MODEL_BYTES are refused.
     """
 
-    def __init__(self, model: str | os.PathLike | bytes | None = None, *, int8: bool = False,
-                 threads: int | None = None, provider: str | None = None, min_confidence: float = 0.0) -> None:
+    def __init__(
+        self,
+        model: str | os.PathLike | bytes | None = None,
+        *,
+        int8: bool = False,
+        threads: int | None = None,
+        provider: str | None = None,
+        min_confidence: float = 0.0,
+    ) -> None:
         if model is None:
             blob, self.source = _read_bundled(int8), str(bundled_model_path(int8))
         elif int8:
@@ -183,8 +192,10 @@ class Classifier:
         except Exception as error:
             raise ModelError(f"cannot run model {self.source}: {_first_line(error)}") from None
         if logits.shape != (1, 10):
-            raise ModelError(f"{self.source} is not an edge-infer digit model: for 1 image it outputs "
-                             f"{OUTPUT_NAME}{list(logits.shape)}, expected [1, 10]")
+            raise ModelError(
+                f"{self.source} is not an edge-infer digit model: for 1 image it outputs "
+                f"{OUTPUT_NAME}{list(logits.shape)}, expected [1, 10]"
+            )
         if not np.isfinite(logits).all():
             raise ModelError(f"model {self.source} is broken: its logits are NaN or infinite")
 
@@ -212,14 +223,24 @@ class Classifier:
     def _check_interface(self) -> None:
         """Refuse foreign models up front rather than failing on the first image."""
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        got = (", ".join(f"{i.name}{list(i.shape)}" for i in inputs) + " -> "
-               + ", ".join(f"{o.name}{list(o.shape)}" for o in outputs))
-        ok = (len(inputs) == 1 and inputs[0].name == INPUT_NAME and len(inputs[0].shape) == 3
-              and inputs[0].shape[0] == STEPS and inputs[0].shape[2] == PIXELS
-              and any(o.name == OUTPUT_NAME and len(o.shape) == 2 and o.shape[1] == 10 for o in outputs))
+        got = (
+            ", ".join(f"{i.name}{list(i.shape)}" for i in inputs)
+            + " -> "
+            + ", ".join(f"{o.name}{list(o.shape)}" for o in outputs)
+        )
+        ok = (
+            len(inputs) == 1
+            and inputs[0].name == INPUT_NAME
+            and len(inputs[0].shape) == 3
+            and inputs[0].shape[0] == STEPS
+            and inputs[0].shape[2] == PIXELS
+            and any(o.name == OUTPUT_NAME and len(o.shape) == 2 and o.shape[1] == 10 for o in outputs)
+        )
         if not ok:
-            raise ModelError(f"{self.source} is not an edge-infer digit model: it takes {got}, "
-                             f"expected {INPUT_NAME}[28, N, 28] -> {OUTPUT_NAME}[N, 10]")
+            raise ModelError(
+                f"{self.source} is not an edge-infer digit model: it takes {got}, "
+                f"expected {INPUT_NAME}[28, N, 28] -> {OUTPUT_NAME}[N, 10]"
+            )
 
     def classify(self, digits: np.ndarray) -> list[Prediction]:
         """Predictions for preprocessed digits, float32 [N, 28, 28] (MNIST form), in one session.run."""
@@ -232,8 +253,10 @@ class Classifier:
             rows = to_rows(digits[found])  # [28, n, 28]: time-major
             logits = self._run(rows)
             if not np.isfinite(logits).all():
-                raise ModelError(f"model {self.source} is broken: its logits are NaN or infinite for "
-                                 f"{int((~np.isfinite(logits).all(axis=1)).sum())} of {len(logits)} images")
+                raise ModelError(
+                    f"model {self.source} is broken: its logits are NaN or infinite for "
+                    f"{int((~np.isfinite(logits).all(axis=1)).sum())} of {len(logits)} images"
+                )
             probabilities = softmax(logits)
             labels = probabilities.argmax(axis=1)
             for index, p, label in zip(np.flatnonzero(found), probabilities, labels, strict=True):
@@ -273,11 +296,13 @@ class Classifier:
     def predict_many(self, images: Iterable[ImageInput], errors: Literal["raise"] = "raise") -> list[Prediction]: ...
 
     @overload
-    def predict_many(self, images: Iterable[ImageInput], errors: Literal["return"]
-                     ) -> list[Prediction | ImageError]: ...
+    def predict_many(
+        self, images: Iterable[ImageInput], errors: Literal["return"]
+    ) -> list[Prediction | ImageError]: ...
 
-    def predict_many(self, images: Iterable[ImageInput], errors: Literal["raise", "return"] = "raise"
-                     ) -> list[Prediction] | list[Prediction | ImageError]:
+    def predict_many(
+        self, images: Iterable[ImageInput], errors: Literal["raise", "return"] = "raise"
+    ) -> list[Prediction] | list[Prediction | ImageError]:
         """Classify many images with one session.run for all the readable ones.
 
         errors="raise": raise ImageError on the first unreadable image. errors="return": put the ImageError in
@@ -295,8 +320,13 @@ class Classifier:
             except Exception as error:
                 if errors == "raise":
                     raise
-                failures.append(error if isinstance(error, ImageError) else ImageError(
-                    f"unexpected {type(error).__name__} while reading the image: {_first_line(error)[:200]}"))
+                failures.append(
+                    error
+                    if isinstance(error, ImageError)
+                    else ImageError(
+                        f"unexpected {type(error).__name__} while reading the image: {_first_line(error)[:200]}"
+                    )
+                )
         predictions = iter(self.classify(np.stack(digits)) if digits else [])
         return [next(predictions) if failure is None else failure for failure in failures]
 
@@ -306,8 +336,9 @@ class Classifier:
         assert not isinstance(reading, Exception)  # errors="raise"
         return reading
 
-    def read_numbers(self, images: Sequence[ImageInput] | Iterable[ImageInput], errors: str = "raise"
-                     ) -> list[NumberReading | ImageError]:
+    def read_numbers(
+        self, images: Sequence[ImageInput] | Iterable[ImageInput], errors: str = "raise"
+    ) -> list[NumberReading | ImageError]:
         """read_number for many images, all their candidate digits in one session.run. errors="raise" raises
         ImageError on the first unreadable image; errors="return" puts the ImageError in its place instead
         (as predict_many does)."""
@@ -322,13 +353,18 @@ class Classifier:
             except Exception as error:  # with "return", even a decoder bug must not lose the other images
                 if errors == "raise":
                     raise
-                plans.append(error if isinstance(error, ImageError) else ImageError(
-                    f"unexpected {type(error).__name__} while reading the image: {_first_line(error)[:200]}"))
+                plans.append(
+                    error
+                    if isinstance(error, ImageError)
+                    else ImageError(
+                        f"unexpected {type(error).__name__} while reading the image: {_first_line(error)[:200]}"
+                    )
+                )
         good = [plan for plan in plans if not isinstance(plan, Exception)]
         counts = [len(plan.digits) for plan in good]
         predictions = self.classify(np.concatenate([plan.digits for plan in good])) if sum(counts) else []
         offsets = np.cumsum([0] + counts).tolist()
-        readings = iter([decide(plan, predictions[offsets[i]:offsets[i + 1]]) for i, plan in enumerate(good)])
+        readings = iter([decide(plan, predictions[offsets[i] : offsets[i + 1]]) for i, plan in enumerate(good)])
         return [plan if isinstance(plan, Exception) else next(readings) for plan in plans]
 
 

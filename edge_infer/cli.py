@@ -5,6 +5,7 @@ Exit codes: 0 every image classified, 1 some input failed (the rest are still pr
 Start-up is kept near the floor of importing onnxruntime, numpy and Pillow: plain `edge-infer PATH...` (no
 options) never imports the option parser, and worker processes, JSON and the like are imported only when used.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edge_infer.classifier import Classifier, ModelError, Prediction, usable_cpus
-from edge_infer.progress import ProgressBar
 from edge_infer.preprocess import ImageError, ImageInput
+from edge_infer.progress import ProgressBar
 
 if TYPE_CHECKING:
     import click
@@ -23,8 +24,9 @@ if TYPE_CHECKING:
     from edge_infer.number import NumberReading  # loaded only by --number (start-up stays lean)
 
 PROG = "edge-infer"
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm",
-                            ".pbm", ".pnm", ".ico", ".tga"})
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm", ".ico", ".tga"}
+)
 # Phone photo formats found in directories are reported rather than skipped silently.
 UNSUPPORTED_SUFFIXES = frozenset({".heic", ".heif", ".avif"})
 CHUNK = 256  # images per session.run, which is also one task of a worker process
@@ -35,6 +37,7 @@ FLUSH_EVERY = CHUNK  # output lines are written and flushed in groups of this ma
 @dataclass
 class Options:
     """The command line's settings; their defaults are the defaults of the options below."""
+
     as_json: bool = False
     top_k: int = 1
     model: str | None = None
@@ -50,8 +53,13 @@ class Options:
     quiet: bool = False  # no progress bar
 
     def classifier_options(self) -> dict:
-        return {"model": self.model, "int8": self.int8, "threads": self.threads, "provider": self.provider,
-                "min_confidence": self.min_confidence}
+        return {
+            "model": self.model,
+            "int8": self.int8,
+            "threads": self.threads,
+            "provider": self.provider,
+            "min_confidence": self.min_confidence,
+        }
 
 
 def _die(message: str) -> None:
@@ -95,14 +103,17 @@ def expand(paths: tuple[str, ...] | list[str]) -> Iterator[tuple[str, ImageError
                     yield os.path.join(root, name), None
                 elif suffix in UNSUPPORTED_SUFFIXES:
                     found = True
-                    yield os.path.join(root, name), ImageError(
-                        f"{suffix[1:].upper()} images are not supported; convert it to JPEG or PNG")
+                    yield (
+                        os.path.join(root, name),
+                        ImageError(f"{suffix[1:].upper()} images are not supported; convert it to JPEG or PNG"),
+                    )
         if not found:
             yield path, ImageError("directory holds no image files")
 
 
-def classify_chunk(classifier: Classifier, paths: list[str], stdin: bytes | None = None
-                   ) -> list[Prediction | ImageError]:
+def classify_chunk(
+    classifier: Classifier, paths: list[str], stdin: bytes | None = None
+) -> list[Prediction | ImageError]:
     """A prediction or an ImageError for each path, with one session.run for them all."""
     images: list[ImageInput] = [stdin if path == "-" and stdin is not None else path for path in paths]
     return classifier.predict_many(images, errors="return")
@@ -121,11 +132,12 @@ def _classify_in_worker(paths: list[str]) -> list[Prediction | ImageError]:
     return classify_chunk(_worker_classifier, paths)
 
 
-def classify_all(paths: list[str], stdin: bytes | None, classifier: Classifier, options: dict, jobs: int
-                 ) -> Generator[Prediction | ImageError, None, None]:
+def classify_all(
+    paths: list[str], stdin: bytes | None, classifier: Classifier, options: dict, jobs: int
+) -> Generator[Prediction | ImageError, None, None]:
     """classify_chunk over all paths, in order, CHUNK at a time. Many images are decoded and classified
     by `jobs` worker processes, which send back only the predictions."""
-    chunks = [paths[start:start + CHUNK] for start in range(0, len(paths), CHUNK)]
+    chunks = [paths[start : start + CHUNK] for start in range(0, len(paths), CHUNK)]
     if jobs > 1 and len(paths) >= PARALLEL_FROM and stdin is None and hasattr(os, "fork"):
         yield from _classify_in_workers(chunks, classifier, options, min(jobs, len(chunks)))
     else:
@@ -133,8 +145,9 @@ def classify_all(paths: list[str], stdin: bytes | None, classifier: Classifier, 
             yield from classify_chunk(classifier, chunk, stdin)
 
 
-def _classify_in_workers(chunks: list[list[str]], classifier: Classifier, options: dict, jobs: int
-                         ) -> Iterator[Prediction | ImageError]:
+def _classify_in_workers(
+    chunks: list[list[str]], classifier: Classifier, options: dict, jobs: int
+) -> Iterator[Prediction | ImageError]:
     """Chunks classified by worker processes, in order. A worker that dies (the OOM killer, a decoder crash)
     is noticed at once; the chunks it took down are classified again here, once, so the CLI always ends."""
     import multiprocessing
@@ -150,8 +163,9 @@ def _classify_in_workers(chunks: list[list[str]], classifier: Classifier, option
                 results = future.result()
             except BrokenProcessPool:
                 if not warned:
-                    sys.stderr.write(f"{PROG}: warning: a decoding process died; classifying its images "
-                                     f"again in the main process\n")
+                    sys.stderr.write(
+                        f"{PROG}: warning: a decoding process died; classifying its images again in the main process\n"
+                    )
                     warned = True
                 results = classify_chunk(classifier, chunk)
             yield from results
@@ -168,9 +182,12 @@ def format_line(path: str, prediction: Prediction, top_k: int, as_json: bool) ->
     if as_json:
         import json
 
-        record: dict = {"path": display(path), "label": prediction.label if prediction.label >= 0 else None,
-                        "confidence": _round(prediction.confidence),
-                        "probabilities": [_round(p) for p in prediction.probabilities]}
+        record: dict = {
+            "path": display(path),
+            "label": prediction.label if prediction.label >= 0 else None,
+            "confidence": _round(prediction.confidence),
+            "probabilities": [_round(p) for p in prediction.probabilities],
+        }
         if not prediction.digit_found:
             record["no_digit"] = True
         elif prediction.unsure:
@@ -185,11 +202,12 @@ def format_line(path: str, prediction: Prediction, top_k: int, as_json: bool) ->
     return f"{display(path)}\t{label}\t{prediction.confidence:.4f}{extra}"
 
 
-def read_number_chunks(classifier: Classifier, paths: list[str], stdin: bytes | None = None
-                       ) -> Generator[NumberReading | ImageError, None, None]:
+def read_number_chunks(
+    classifier: Classifier, paths: list[str], stdin: bytes | None = None
+) -> Generator[NumberReading | ImageError, None, None]:
     """--number: a reading or an ImageError for each path, CHUNK images per read_numbers (one session.run)."""
     for start in range(0, len(paths), CHUNK):
-        chunk = paths[start:start + CHUNK]
+        chunk = paths[start : start + CHUNK]
         yield from classifier.read_numbers([stdin if path == "-" else path for path in chunk], errors="return")
 
 
@@ -197,10 +215,14 @@ def format_number(path: str, reading: NumberReading, as_json: bool) -> str:
     if as_json:
         import json
 
-        digits = [{"label": d.label if d.label >= 0 else None, "confidence": _round(d.confidence), "box": list(d.box)}
-                  for d in reading.digits]
-        return json.dumps({"path": display(path), "number": reading.text, "confidence": _round(reading.confidence),
-                           "digits": digits}, allow_nan=False)
+        digits = [
+            {"label": d.label if d.label >= 0 else None, "confidence": _round(d.confidence), "box": list(d.box)}
+            for d in reading.digits
+        ]
+        return json.dumps(
+            {"path": display(path), "number": reading.text, "confidence": _round(reading.confidence), "digits": digits},
+            allow_nan=False,
+        )
     return f"{display(path)}\t{reading.text or '-'}\t{reading.confidence:.4f}"
 
 
@@ -282,8 +304,10 @@ def run(paths: tuple[str, ...] | list[str], options: Options) -> None:
     inputs = list(expand(paths))
     good = [path for path, error in inputs if error is None]
     predicted: Generator[Prediction | NumberReading | ImageError, None, None] = (
-        read_number_chunks(classifier, good, stdin) if options.number
-        else classify_all(good, stdin, classifier, options.classifier_options(), jobs))
+        read_number_chunks(classifier, good, stdin)
+        if options.number
+        else classify_all(good, stdin, classifier, options.classifier_options(), jobs)
+    )
     failed = False
     lines: list[str] = []
     bar = ProgressBar(len(inputs), enabled=not options.quiet)
@@ -308,8 +332,10 @@ def run(paths: tuple[str, ...] | list[str], options: Options) -> None:
                     except (OSError, ValueError) as error:
                         failed = True
                         bar.clear()
-                        sys.stderr.write(f"{PROG}: {display(path)}: cannot save its picture in {options.save_dir}: "
-                                         f"{getattr(error, 'strerror', None) or error}\n")
+                        sys.stderr.write(
+                            f"{PROG}: {display(path)}: cannot save its picture in {options.save_dir}: "
+                            f"{getattr(error, 'strerror', None) or error}\n"
+                        )
             if lines and (index % FLUSH_EVERY == 0 or index == len(inputs)):
                 bar.clear()  # stdout may be the same terminal
                 sys.stdout.write("\n".join(lines) + "\n")
@@ -340,28 +366,67 @@ def _command() -> click.Command:
     @click.command(PROG, cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
     @click.argument("paths", nargs=-1)
     @click.option("--json", "as_json", is_flag=True, help="JSON Lines: path, label, confidence, probabilities.")
-    @click.option("--top-k", type=click.IntRange(1, 10), default=defaults.top_k, show_default=True,
-                  help="Also print the next most likely digits.")
-    @click.option("--model", type=click.Path(dir_okay=False), default=defaults.model,
-                  help="An .onnx (or .ort) model from edge-export (default: the bundled one).")
+    @click.option(
+        "--top-k",
+        type=click.IntRange(1, 10),
+        default=defaults.top_k,
+        show_default=True,
+        help="Also print the next most likely digits.",
+    )
+    @click.option(
+        "--model",
+        type=click.Path(dir_okay=False),
+        default=defaults.model,
+        help="An .onnx (or .ort) model from edge-export (default: the bundled one).",
+    )
     @click.option("--int8", is_flag=True, help="Use the bundled int8 model.")
-    @click.option("--threads", type=click.IntRange(1), default=defaults.threads, show_default=True,
-                  help="onnxruntime intra-op threads, capped at the usable cores (decoding, in --jobs processes, "
-                       "is the larger cost).")
-    @click.option("--provider", default=defaults.provider,
-                  help="onnxruntime execution provider (default CPUExecutionProvider).")
-    @click.option("--jobs", "-j", type=click.IntRange(1, 1024), default=defaults.jobs,
-                  help="Processes decoding images for large batches (default: one per CPU core).")
-    @click.option("--min-confidence", type=click.FloatRange(0.0, 1.0), default=defaults.min_confidence,
-                  metavar="P", help="Below this probability answer '-' (not sure); JSON keeps the guess.")
-    @click.option("--number", is_flag=True, help="Read each image as one number (a line of digits): path, digits, "
-                  "confidence (the product of the digits'); with --json also each digit's label, confidence and box.")
+    @click.option(
+        "--threads",
+        type=click.IntRange(1),
+        default=defaults.threads,
+        show_default=True,
+        help="onnxruntime intra-op threads, capped at the usable cores (decoding, in --jobs processes, "
+        "is the larger cost).",
+    )
+    @click.option(
+        "--provider", default=defaults.provider, help="onnxruntime execution provider (default CPUExecutionProvider)."
+    )
+    @click.option(
+        "--jobs",
+        "-j",
+        type=click.IntRange(1, 1024),
+        default=defaults.jobs,
+        help="Processes decoding images for large batches (default: one per CPU core).",
+    )
+    @click.option(
+        "--min-confidence",
+        type=click.FloatRange(0.0, 1.0),
+        default=defaults.min_confidence,
+        metavar="P",
+        help="Below this probability answer '-' (not sure); JSON keeps the guess.",
+    )
+    @click.option(
+        "--number",
+        is_flag=True,
+        help="Read each image as one number (a line of digits): path, digits, "
+        "confidence (the product of the digits'); with --json also each digit's label, confidence and box.",
+    )
     @click.option("--info", is_flag=True, help="Print the model's metadata and exit.")
-    @click.option("--graph", "graph_file", metavar="FILE", default=defaults.graph_file,
-                  help="Draw the model's graph into FILE (.svg or .png), then exit unless images are given.")
-    @click.option("--save-input", "save_dir", metavar="DIR", default=defaults.save_dir,
-                  help="Write DIR/<image name>.png for each image (a repeated name gets -2, -3, ...): the original, "
-                       "the 28x28 input the model saw, and the top-3 probabilities.")
+    @click.option(
+        "--graph",
+        "graph_file",
+        metavar="FILE",
+        default=defaults.graph_file,
+        help="Draw the model's graph into FILE (.svg or .png), then exit unless images are given.",
+    )
+    @click.option(
+        "--save-input",
+        "save_dir",
+        metavar="DIR",
+        default=defaults.save_dir,
+        help="Write DIR/<image name>.png for each image (a repeated name gets -2, -3, ...): the original, "
+        "the 28x28 input the model saw, and the top-3 probabilities.",
+    )
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar (shown only on a terminal, for many images).")
     @click.version_option(package_name="edge-infer")
     def command(paths: tuple[str, ...], **settings) -> None:

@@ -3,6 +3,7 @@
 click prints three lines for a bad option (Usage / Try / Error); the README promises one. Any click command
 can use this: `@click.command(cls=OneLineErrors)`.
 """
+
 from __future__ import annotations
 
 import sys

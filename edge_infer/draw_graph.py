@@ -10,6 +10,7 @@ steps; each step is what the chain member needs that the previous one did not. N
 steps (a Split of the input rows) stay outside, and a first step with a subset of the block's ops
 (h0 = 0: no recurrent term) is counted in the repeat and noted.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -23,15 +24,28 @@ from edge_infer.onnx_graph import ModelGraph, Node, ValueInfo, large_batch_view
 __all__ = ["INTEGER_OPS", "GraphSummary", "Group", "draw", "load_font", "summarize", "to_png", "to_svg"]
 
 # Ops that compute on integers (their inputs or outputs are quantized tensors).
-INTEGER_OPS = frozenset({"MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv", "QLinearAdd", "QGemm",
-                         "DynamicQuantizeLinear", "QuantizeLinear", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
-                         "DynamicQuantizeLSTM"})
+INTEGER_OPS = frozenset(
+    {
+        "MatMulInteger",
+        "ConvInteger",
+        "QLinearMatMul",
+        "QLinearConv",
+        "QLinearAdd",
+        "QGemm",
+        "DynamicQuantizeLinear",
+        "QuantizeLinear",
+        "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat",
+        "DynamicQuantizeLSTM",
+    }
+)
 MIN_REPEATS = 3  # a chain of fewer members is not worth collapsing (and "feeds many steps" needs 3)
 
 
 @dataclass
 class Group:
     """An unrolled loop: `block` (node indices of one typical step, in order) repeated `repeats` times."""
+
     block: list[int]
     repeats: int
     nodes: set[int]  # every node of every step
@@ -54,8 +68,10 @@ class GraphSummary:
         parameters = sum(t.size for t in g.initializers.values())
         opset = g.opsets.get("", g.opsets.get("ai.onnx", "?"))
         precision = f" ({g.metadata['precision']})" if "precision" in g.metadata else ""
-        return (f"{g.name or 'graph'}{precision}: {len(g.nodes)} nodes, {len(g.initializers)} weights "
-                f"({parameters:,} values), opset {opset}, IR {g.ir_version}")
+        return (
+            f"{g.name or 'graph'}{precision}: {len(g.nodes)} nodes, {len(g.initializers)} weights "
+            f"({parameters:,} values), opset {opset}, IR {g.ir_version}"
+        )
 
     def node_text(self, index: int) -> list[str]:
         """The lines of a node's box: op type, then each weight it reads with shape and type."""
@@ -67,7 +83,9 @@ class GraphSummary:
         for name in node.inputs:
             tensor = self.graph.initializers.get(name)
             if tensor is not None:
-                dims = "×".join(map(str, tensor.dims)) if len(tensor.dims) > 1 else f"[{', '.join(map(str, tensor.dims))}]"
+                dims = (
+                    "×".join(map(str, tensor.dims)) if len(tensor.dims) > 1 else f"[{', '.join(map(str, tensor.dims))}]"
+                )
                 lines.append(f"{name}: {dims} {tensor.data_type}")
         return lines
 
@@ -82,6 +100,7 @@ def value_text(value: ValueInfo) -> str:
 
 
 # -- finding the repeated block --------------------------------------------------------------------
+
 
 class _Structure:
     def __init__(self, graph: ModelGraph) -> None:
@@ -145,7 +164,7 @@ def _find_group(s: _Structure, free: int) -> Group | None:
         classes.setdefault(s.sig2[i], []).append(i)
     candidates = []
     for members in classes.values():
-        if len(members) < MIN_REPEATS or not all(s.anc[b] >> a & 1 for a, b in zip(members, members[1:])):
+        if len(members) < MIN_REPEATS or not all(s.anc[b] >> a & 1 for a, b in zip(members, members[1:], strict=False)):
             continue
         # A chain may run on through another loop with the same structure but other weights (the next
         # layer): keep its longest run of steps with the same content, and the (partial) step before it.
@@ -157,7 +176,7 @@ def _find_group(s: _Structure, free: int) -> Group | None:
                 if j - start > run_end - run_start:
                     run_start, run_end = start, j
                 start = j
-        chain = members[max(0, run_start - 1):run_end]
+        chain = members[max(0, run_start - 1) : run_end]
         if len(chain) < MIN_REPEATS:
             continue
         if len(chain) != len(members):
@@ -253,9 +272,20 @@ CHAR = 7.9  # width of one character of the monospace font at FONT px
 PAD = 8
 GAP = 22
 LANE = 9
-COLOURS = {"box": "#eef3fb", "border": "#4a6fa5", "int": "#fdebd3", "int_border": "#c0712a", "io": "#e8f5e9",
-           "io_border": "#2e7d32", "group": "#fafafa", "group_border": "#777777", "edge": "#555555",
-           "loop": "#c0392b", "text": "#111111", "note": "#555555"}
+COLOURS = {
+    "box": "#eef3fb",
+    "border": "#4a6fa5",
+    "int": "#fdebd3",
+    "int_border": "#c0712a",
+    "io": "#e8f5e9",
+    "io_border": "#2e7d32",
+    "group": "#fafafa",
+    "group_border": "#777777",
+    "edge": "#555555",
+    "loop": "#c0392b",
+    "text": "#111111",
+    "note": "#555555",
+}
 
 
 @dataclass
@@ -293,16 +323,26 @@ def _layout(summary: GraphSummary) -> tuple[list[_Shape], float, float]:
     graph = summary.graph
     shapes: list[_Shape] = []
     rows: list[tuple[str, Any, list[str]]] = [("io", v, ["input", value_text(v)]) for v in graph.inputs]
-    rows += [("group" if isinstance(item, Group) else "node", item,
-              [] if isinstance(item, Group) else summary.node_text(item)) for item in summary.items]
+    rows += [
+        (
+            "group" if isinstance(item, Group) else "node",
+            item,
+            [] if isinstance(item, Group) else summary.node_text(item),
+        )
+        for item in summary.items
+    ]
     rows += [("io", v, ["output", value_text(v)]) for v in graph.outputs]
-    text_width = max([len(line) for _, _, lines in rows for line in lines] +
-                     [len(line) for g in summary.groups for n in g.block for line in summary.node_text(n)] + [30])
+    text_width = max(
+        [len(line) for _, _, lines in rows for line in lines]
+        + [len(line) for g in summary.groups for n in g.block for line in summary.node_text(n)]
+        + [30]
+    )
     keys = [item.name if kind == "io" else (id(item) if isinstance(item, Group) else item) for kind, item, _ in rows]
     order = {key: k for k, key in enumerate(keys)}
     top_edges = _top_edges(summary)
-    inner_lanes = max([_side_edges(_internal_edges(summary, g), {n: k for k, n in enumerate(g.block)})
-                       for g in summary.groups] + [0])
+    inner_lanes = max(
+        [_side_edges(_internal_edges(summary, g), {n: k for k, n in enumerate(g.block)}) for g in summary.groups] + [0]
+    )
     loop_lanes = max([len(g.loop_edges) for g in summary.groups] + [0])
     inner_w = text_width * CHAR + 2 * PAD
     inner_left = 2 * PAD + min(12, inner_lanes) * LANE
@@ -314,7 +354,7 @@ def _layout(summary: GraphSummary) -> tuple[list[_Shape], float, float]:
         shapes.append(_Shape("text", [(PAD, y)], [summary.graph.note], "note"))
         y += LINE
     spans: dict[object, tuple[float, float]] = {}  # row key -> (top, bottom)
-    for key, (kind, item, lines) in zip(keys, rows):
+    for key, (kind, item, lines) in zip(keys, rows, strict=False):
         if kind == "group":
             top = y
             title = _group_title(item, int((outer_w - 2 * PAD) / CHAR))
@@ -334,8 +374,14 @@ def _layout(summary: GraphSummary) -> tuple[list[_Shape], float, float]:
             for lane, (a, b) in enumerate(item.loop_edges):  # into the next step: a loop on the right
                 right = inner_x + inner_w + PAD + (lane + 1) * LANE
                 ya, yb = positions[a][1] - PAD, positions[b][0] + PAD
-                shapes.append(_Shape("arrow", [(inner_x + inner_w, ya), (right, ya), (right, yb),
-                                               (inner_x + inner_w, yb)], [], "loop"))
+                shapes.append(
+                    _Shape(
+                        "arrow",
+                        [(inner_x + inner_w, ya), (right, ya), (right, yb), (inner_x + inner_w, yb)],
+                        [],
+                        "loop",
+                    )
+                )
             if item.loop_edges:
                 label = "↺ to the next step"
                 shapes.append(_Shape("text", [(x0 + outer_w - PAD - len(label) * CHAR, bottom - PAD)], [label], "loop"))
@@ -348,8 +394,15 @@ def _layout(summary: GraphSummary) -> tuple[list[_Shape], float, float]:
             shapes.append(_Shape("box", [(bx, y), (bx + inner_w, y + h)], lines, style))
             spans[key] = (y, y + h)
             y += h + GAP
-    _edges(shapes, sorted(top_edges, key=lambda e: (order[e[0]], order[e[1]])), spans, x0 + (outer_w - inner_w) / 2,
-           inner_w, "edge", order)
+    _edges(
+        shapes,
+        sorted(top_edges, key=lambda e: (order[e[0]], order[e[1]])),
+        spans,
+        x0 + (outer_w - inner_w) / 2,
+        inner_w,
+        "edge",
+        order,
+    )
     width = max(x0 + outer_w + 2 * PAD, PAD + max(len(summary.header()), len(summary.graph.note)) * CHAR + PAD)
     return shapes, width, y
 
@@ -383,12 +436,17 @@ def _top_edges(summary: GraphSummary) -> set[tuple]:
 def _internal_edges(summary: GraphSummary, group: Group) -> list[tuple[int, int]]:
     producer = {out: i for i, n in enumerate(summary.graph.nodes) for out in n.outputs}
     block = set(group.block)
-    return [(producer[x], n) for n in group.block for x in summary.graph.nodes[n].inputs
-            if x in producer and producer[x] in block]
+    return [
+        (producer[x], n)
+        for n in group.block
+        for x in summary.graph.nodes[n].inputs
+        if x in producer and producer[x] in block
+    ]
 
 
-def _edges(shapes: list[_Shape], edges, spans: dict, x: float, width: float, style: str,
-           order: dict | None = None) -> None:
+def _edges(
+    shapes: list[_Shape], edges, spans: dict, x: float, width: float, style: str, order: dict | None = None
+) -> None:
     """Arrows: straight down between neighbouring rows, round the left side otherwise."""
     keys = list(spans) if order is None else sorted(spans, key=lambda k: order[k])
     index = {k: n for n, k in enumerate(keys)}
@@ -405,48 +463,73 @@ def _edges(shapes: list[_Shape], edges, spans: dict, x: float, width: float, sty
         else:
             left = x - 12 - (lane % 12) * LANE
             lane += 1
-            shapes.append(_Shape("arrow", [(x, a_bottom - PAD), (left, a_bottom - PAD), (left, b_top + PAD),
-                                           (x, b_top + PAD)], [], style))
+            shapes.append(
+                _Shape(
+                    "arrow",
+                    [(x, a_bottom - PAD), (left, a_bottom - PAD), (left, b_top + PAD), (x, b_top + PAD)],
+                    [],
+                    style,
+                )
+            )
 
 
 # -- rendering -------------------------------------------------------------------------------------
 
+
 def _fill(style: str) -> tuple[str, str]:
-    return {"int": (COLOURS["int"], COLOURS["int_border"]), "io": (COLOURS["io"], COLOURS["io_border"]),
-            "group": (COLOURS["group"], COLOURS["group_border"])}.get(style, (COLOURS["box"], COLOURS["border"]))
+    return {
+        "int": (COLOURS["int"], COLOURS["int_border"]),
+        "io": (COLOURS["io"], COLOURS["io_border"]),
+        "group": (COLOURS["group"], COLOURS["group_border"]),
+    }.get(style, (COLOURS["box"], COLOURS["border"]))
 
 
 def to_svg(summary: GraphSummary) -> str:
     shapes, width, height = _layout(summary)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
-           f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="DejaVu Sans Mono, Menlo, Consolas, monospace" '
-           f'font-size="{FONT}">',
-           "<defs>" + "".join(f'<marker id="{kind}" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
-                              f'markerHeight="7" orient="auto"><path d="M 0 0 L 10 5 L 0 10 z" fill="{COLOURS[kind]}"/>'
-                              f'</marker>' for kind in ("edge", "loop")) + "</defs>",
-           '<rect width="100%" height="100%" fill="white"/>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
+        f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="DejaVu Sans Mono, Menlo, Consolas, monospace" '
+        f'font-size="{FONT}">',
+        "<defs>"
+        + "".join(
+            f'<marker id="{kind}" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
+            f'markerHeight="7" orient="auto"><path d="M 0 0 L 10 5 L 0 10 z" fill="{COLOURS[kind]}"/>'
+            f"</marker>"
+            for kind in ("edge", "loop")
+        )
+        + "</defs>",
+        '<rect width="100%" height="100%" fill="white"/>',
+    ]
     for shape in shapes:
         if shape.kind in ("box", "frame"):
             (x1, y1), (x2, y2) = shape.points
             fill, stroke = _fill(shape.style)
             dash = ' stroke-dasharray="6 4"' if shape.kind == "frame" else ""
-            out.append(f'<rect x="{x1:.1f}" y="{y1:.1f}" width="{x2 - x1:.1f}" height="{y2 - y1:.1f}" rx="5" '
-                       f'fill="{fill}" stroke="{stroke}" stroke-width="1.3"{dash}/>')
+            out.append(
+                f'<rect x="{x1:.1f}" y="{y1:.1f}" width="{x2 - x1:.1f}" height="{y2 - y1:.1f}" rx="5" '
+                f'fill="{fill}" stroke="{stroke}" stroke-width="1.3"{dash}/>'
+            )
             for k, line in enumerate(shape.text):
                 weight = ' font-weight="bold"' if k == 0 else ""
                 size = f' font-size="{FONT + 3}"' if shape.kind == "frame" and k == 0 else ""
-                out.append(f'<text x="{x1 + PAD:.1f}" y="{y1 + PAD + (k + 1) * LINE - 4:.1f}" '
-                           f'fill="{COLOURS["text"]}"{weight}{size}>{escape(line)}</text>')
+                out.append(
+                    f'<text x="{x1 + PAD:.1f}" y="{y1 + PAD + (k + 1) * LINE - 4:.1f}" '
+                    f'fill="{COLOURS["text"]}"{weight}{size}>{escape(line)}</text>'
+                )
         elif shape.kind == "arrow":
             colour = COLOURS["loop" if shape.style == "loop" else "edge"]
             dash = ' stroke-dasharray="4 3"' if shape.style == "loop" else ""
             points = " ".join(f"{x:.1f},{y:.1f}" for x, y in shape.points)
-            out.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="1.2"{dash} '
-                       f'marker-end="url(#{"loop" if shape.style == "loop" else "edge"})"/>')
+            out.append(
+                f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="1.2"{dash} '
+                f'marker-end="url(#{"loop" if shape.style == "loop" else "edge"})"/>'
+            )
         elif shape.kind == "text":
-            (x, y), = shape.points
-            out.append(f'<text x="{x:.1f}" y="{y:.1f}" fill="{COLOURS[shape.style]}" font-size="{FONT - 1}">'
-                       f'{escape(shape.text[0])}</text>')
+            ((x, y),) = shape.points
+            out.append(
+                f'<text x="{x:.1f}" y="{y:.1f}" fill="{COLOURS[shape.style]}" font-size="{FONT - 1}">'
+                f"{escape(shape.text[0])}</text>"
+            )
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
@@ -472,8 +555,11 @@ def to_png(summary: GraphSummary, scale: float = 1.5):
     shapes, width, height = _layout(summary)
     image = Image.new("RGB", (int(width * scale), int(height * scale)), "white")
     draw = ImageDraw.Draw(image)
-    fonts = {False: load_font(int(FONT * scale)), True: load_font(int(FONT * scale), bold=True),
-             "title": load_font(int((FONT + 3) * scale), bold=True)}
+    fonts = {
+        False: load_font(int(FONT * scale)),
+        True: load_font(int(FONT * scale), bold=True),
+        "title": load_font(int((FONT + 3) * scale), bold=True),
+    }
 
     def p(point):
         return (point[0] * scale, point[1] * scale)
@@ -482,8 +568,13 @@ def to_png(summary: GraphSummary, scale: float = 1.5):
         if shape.kind in ("box", "frame"):
             (x1, y1), (x2, y2) = shape.points
             fill, stroke = _fill(shape.style)
-            draw.rounded_rectangle([p((x1, y1)), p((x2, y2))], radius=int(5 * scale), fill=fill, outline=stroke,
-                                   width=max(1, int(1.3 * scale)))
+            draw.rounded_rectangle(
+                [p((x1, y1)), p((x2, y2))],
+                radius=int(5 * scale),
+                fill=fill,
+                outline=stroke,
+                width=max(1, int(1.3 * scale)),
+            )
             for k, line in enumerate(shape.text):
                 font = fonts["title"] if shape.kind == "frame" and k == 0 else fonts[k == 0]
                 draw.text(p((x1 + PAD, y1 + PAD + k * LINE)), line, fill=COLOURS["text"], font=font)
@@ -495,10 +586,16 @@ def to_png(summary: GraphSummary, scale: float = 1.5):
             length = max(1e-6, ((xb - xa) ** 2 + (yb - ya) ** 2) ** 0.5)
             ux, uy = (xb - xa) / length, (yb - ya) / length
             size = 6 * scale
-            draw.polygon([(xb, yb), (xb - ux * size - uy * size / 2, yb - uy * size + ux * size / 2),
-                          (xb - ux * size + uy * size / 2, yb - uy * size - ux * size / 2)], fill=colour)
+            draw.polygon(
+                [
+                    (xb, yb),
+                    (xb - ux * size - uy * size / 2, yb - uy * size + ux * size / 2),
+                    (xb - ux * size + uy * size / 2, yb - uy * size - ux * size / 2),
+                ],
+                fill=colour,
+            )
         elif shape.kind == "text":
-            (x, y), = shape.points
+            ((x, y),) = shape.points
             draw.text(p((x, y - FONT)), shape.text[0], fill=COLOURS[shape.style], font=fonts[False])
     return image
 

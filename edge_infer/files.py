@@ -4,6 +4,7 @@ the rest is read. Used for images and models alike.
 A FIFO, a device (/dev/zero), a socket or a directory is refused right after open(), which never blocks
 (O_NONBLOCK), so nothing hangs or grows without bound; a huge (or sparse) file is refused by its size.
 """
+
 from __future__ import annotations
 
 import errno
@@ -14,9 +15,15 @@ from collections.abc import Callable
 HEAD_BYTES = 32  # what format sniffers get to see before the rest of the file is read
 
 # The messages a user sees for the usual OS errors (strerror's are capitalised and sometimes obscure).
-_OS_ERRORS = {errno.ENOENT: "file not found", errno.ELOOP: "symbolic link loop", errno.EACCES: "permission denied",
-              errno.EPERM: "permission denied", errno.ENOTDIR: "a component of the path is not a directory",
-              errno.ENAMETOOLONG: "file name too long", errno.EISDIR: "is a directory"}
+_OS_ERRORS = {
+    errno.ENOENT: "file not found",
+    errno.ELOOP: "symbolic link loop",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOTDIR: "a component of the path is not a directory",
+    errno.ENAMETOOLONG: "file name too long",
+    errno.EISDIR: "is a directory",
+}
 
 
 class FileRefused(ValueError):
@@ -32,13 +39,20 @@ def describe_os_error(error: OSError) -> str:
     return f"cannot read ({text[:1].lower() + text[1:]})"
 
 
-def read_regular_file(path: str | os.PathLike, max_bytes: int,
-                      check_head: Callable[[bytes], object] | None = None) -> bytes:
+def read_regular_file(
+    path: str | os.PathLike, max_bytes: int, check_head: Callable[[bytes], object] | None = None
+) -> bytes:
     """The whole file, if it is a regular file of 1..max_bytes bytes whose first HEAD_BYTES bytes pass
     check_head (which raises to refuse). Raises FileRefused with a one-line reason otherwise."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
-                     | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+        fd = os.open(
+            path,
+            os.O_RDONLY
+            | getattr(os, "O_NONBLOCK", 0)
+            | getattr(os, "O_NOCTTY", 0)
+            | getattr(os, "O_CLOEXEC", 0)
+            | getattr(os, "O_BINARY", 0),
+        )
     except ValueError:  # "embedded null byte"
         raise FileRefused("the path contains a NUL character") from None
     except OSError as error:

@@ -6,6 +6,7 @@ received (enlarged without smoothing, so each pixel shows), and the prediction's
 
 Pillow only (the runtime has no matplotlib).
 """
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,9 @@ def model_input_box() -> tuple[int, int, int, int]:
     return left, TITLE + MARGIN, left + PANEL, TITLE + MARGIN + PANEL
 
 
-def explain(image: ImageInput, classifier: Classifier | None = None, *, prediction: Prediction | None = None
-            ) -> Image.Image:
+def explain(
+    image: ImageInput, classifier: Classifier | None = None, *, prediction: Prediction | None = None
+) -> Image.Image:
     """A picture of `image` as given, as the model received it, and what the model made of it.
 
     classifier: the model to ask (default: the bundled fp32 model); not needed when `prediction` (for
@@ -50,7 +52,9 @@ def explain(image: ImageInput, classifier: Classifier | None = None, *, predicti
         original = Image.new("RGB", rgba.size, (255, 255, 255))
         original.paste(rgba, mask=rgba.getchannel("A"))
     original = original.convert("RGB")
-    original.thumbnail((PANEL, PANEL), Image.Resampling.LANCZOS if max(original.size) > PANEL else Image.Resampling.NEAREST)
+    original.thumbnail(
+        (PANEL, PANEL), Image.Resampling.LANCZOS if max(original.size) > PANEL else Image.Resampling.NEAREST
+    )
     if max(original.size) < PANEL:  # small images (a 28x28 MNIST digit): enlarge so they can be seen
         factor = PANEL // max(original.size)
         original = original.resize((original.width * factor, original.height * factor), Image.Resampling.NEAREST)
@@ -89,8 +93,9 @@ def explain(image: ImageInput, classifier: Classifier | None = None, *, predicti
     return canvas
 
 
-def save_explanation(image: ImageInput, display_path: str, prediction: Prediction, out_dir: str | os.PathLike,
-                     used: set[str]) -> Path:
+def save_explanation(
+    image: ImageInput, display_path: str, prediction: Prediction, out_dir: str | os.PathLike, used: set[str]
+) -> Path:
     """explain() into out_dir/<image name>.png ('stdin.png' for '-'); a name seen before in `used` gets -2, -3."""
     stem = "stdin" if display_path == "-" else Path(display_path).stem or "image"
     name, count = stem, 1

@@ -14,21 +14,49 @@ This is a small hand-written protobuf reader (the `onnx` package is not a runtim
 ModelProto, GraphProto, NodeProto, AttributeProto and TensorProto fields that can carry ops or data and
 skips the rest, in well under a millisecond for the bundled models.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 # (domain, op_type) edge-export writes; "" is the default ONNX domain (also spelled "ai.onnx").
 ALLOWED_OPS = frozenset(
-    [("", op) for op in (
-        "Gemm", "MatMul", "Add", "Sub", "Mul", "Relu", "Tanh", "Sigmoid",  # the cells, fp32
-        "Reshape", "Split", "Squeeze", "Unsqueeze", "Concat", "Identity", "Transpose",  # layout
-        "RNN", "GRU", "LSTM",  # --form node
-        "DynamicQuantizeLinear", "MatMulInteger", "Cast", "QuantizeLinear", "DequantizeLinear",  # int8
-        "Shape", "Gather", "Less", "If",  # --form auto: one If on the batch size picks the faster form
-    )]
-    + [("com.microsoft", op) for op in ("DynamicQuantizeMatMul", "DynamicQuantizeLSTM", "MatMulIntegerToFloat",
-                                                    "FusedGemm")]
+    [
+        ("", op)
+        for op in (
+            "Gemm",
+            "MatMul",
+            "Add",
+            "Sub",
+            "Mul",
+            "Relu",
+            "Tanh",
+            "Sigmoid",  # the cells, fp32
+            "Reshape",
+            "Split",
+            "Squeeze",
+            "Unsqueeze",
+            "Concat",
+            "Identity",
+            "Transpose",  # layout
+            "RNN",
+            "GRU",
+            "LSTM",  # --form node
+            "DynamicQuantizeLinear",
+            "MatMulInteger",
+            "Cast",
+            "QuantizeLinear",
+            "DequantizeLinear",  # int8
+            "Shape",
+            "Gather",
+            "Less",
+            "If",  # --form auto: one If on the batch size picks the faster form
+        )
+    ]
+    + [
+        ("com.microsoft", op)
+        for op in ("DynamicQuantizeMatMul", "DynamicQuantizeLSTM", "MatMulIntegerToFloat", "FusedGemm")
+    ]
 )
 
 WIRE_VARINT, WIRE_64, WIRE_BYTES, WIRE_32 = 0, 1, 2, 5
@@ -77,7 +105,7 @@ def _fields(data: memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
             length, pos = _varint(data, pos)
             if pos + length > end:
                 raise NotOnnx("truncated or corrupt protobuf")
-            yield number, wire, data[pos:pos + length]
+            yield number, wire, data[pos : pos + length]
             pos += length
         elif wire in (WIRE_64, WIRE_32):
             pos += 8 if wire == WIRE_64 else 4
@@ -96,8 +124,7 @@ def _messages(data: memoryview, number: int) -> Iterator[memoryview]:
 def _check_tensor(tensor: memoryview) -> None:
     for n, _, value in _fields(tensor):
         if n == TENSOR_EXTERNAL_DATA or (n == TENSOR_DATA_LOCATION and value != 0):
-            raise UnsafeModel("the model uses external data (tensors stored in other files), "
-                              "which edge-infer refuses")
+            raise UnsafeModel("the model uses external data (tensors stored in other files), which edge-infer refuses")
 
 
 def _check_sparse(sparse: memoryview) -> None:
@@ -134,8 +161,9 @@ def _check_node(node: memoryview, depth: int = 0) -> None:
                 if a == ATTR_GRAPH and op_type == "If" and depth == 0:
                     _check_graph(a_value, depth + 1)  # type: ignore[arg-type]
                 elif a in (ATTR_GRAPH, ATTR_GRAPHS):
-                    raise UnsafeModel(f"the model has a subgraph (in a {op_type or '?'} node), "
-                                      f"which edge-infer's models never do")
+                    raise UnsafeModel(
+                        f"the model has a subgraph (in a {op_type or '?'} node), which edge-infer's models never do"
+                    )
                 if a in (ATTR_TENSOR, ATTR_TENSORS):
                     _check_tensor(a_value)  # type: ignore[arg-type]
                 elif a in (ATTR_SPARSE_TENSOR, ATTR_SPARSE_TENSORS):

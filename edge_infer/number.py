@@ -19,6 +19,7 @@ Segmentation, on the ink map at load_image's working size (<= 512 px):
      through ink and for too-wide digits) wins. Blobs are read left to right.
 Only numpy, Pillow and the standard library are used.
 """
+
 from __future__ import annotations
 
 import io
@@ -34,27 +35,28 @@ from edge_infer.preprocess import WORK_SIZE, ImageInput, _box_sum3, ink_map, ink
 
 __all__ = ["DigitPrediction", "NumberReading", "NumberPlan", "plan_number", "decide"]
 
-SEG_INK = 0.1          # ink-map level that makes a pixel part of a stroke for labelling (faint rims join later)
-SPECK_AREA = 0.04      # components smaller than this fraction of the largest one are specks...
-SPECK_SIZE = 0.2       # ... and so are those whose longest side is below this fraction of the tallest one
-MERGE_OVERLAP = 0.5    # components sharing this fraction of the narrower one's columns are one digit
-SPLIT_ASPECT = 0.75    # blobs wider than this x their height may hold several digits
-MIN_PART = 0.12        # a piece between two cuts is at least this x the blob height wide (a narrow 1)
-MAX_CUTS = 7           # candidate cuts per blob, at most...
+SEG_INK = 0.1  # ink-map level that makes a pixel part of a stroke for labelling (faint rims join later)
+SPECK_AREA = 0.04  # components smaller than this fraction of the largest one are specks...
+SPECK_SIZE = 0.2  # ... and so are those whose longest side is below this fraction of the tallest one
+MERGE_OVERLAP = 0.5  # components sharing this fraction of the narrower one's columns are one digit
+SPLIT_ASPECT = 0.75  # blobs wider than this x their height may hold several digits
+MIN_PART = 0.12  # a piece between two cuts is at least this x the blob height wide (a narrow 1)
+MAX_CUTS = 7  # candidate cuts per blob, at most...
 CUTS_PER_HEIGHT = 3.0  # ... this many per blob height of its width
-CUT_DEPTH = 0.7        # a cut is tried only where the column projection is below this x its maximum
-PATH_ROWS = 40         # cut paths are searched at a resolution of at most this many rows per blob
-MAX_SPAN = 4           # a candidate digit spans at most this many pieces
-WIDE_ASPECT = 1.0      # a candidate digit wider than this x its height is likely two digits...
-WIDE_COST = 4.0        # ... and costs this much log-score per unit of aspect beyond it
-CUT_COST = 1.5         # log-score cost of a cut per stroke width of ink it crosses
-SPLIT_COST = 0.0       # and of any cut at all (a confident single digit stays whole)
+CUT_DEPTH = 0.7  # a cut is tried only where the column projection is below this x its maximum
+PATH_ROWS = 40  # cut paths are searched at a resolution of at most this many rows per blob
+MAX_SPAN = 4  # a candidate digit spans at most this many pieces
+WIDE_ASPECT = 1.0  # a candidate digit wider than this x its height is likely two digits...
+WIDE_COST = 4.0  # ... and costs this much log-score per unit of aspect beyond it
+CUT_COST = 1.5  # log-score cost of a cut per stroke width of ink it crosses
+SPLIT_COST = 0.0  # and of any cut at all (a confident single digit stays whole)
 
 
 @dataclass(frozen=True)
 class DigitPrediction(Prediction):
     """A Prediction of one digit of a number, with where it is: box = (left, top, right, bottom) in the
     input image's pixels after EXIF orientation, right and bottom exclusive (PIL's crop box)."""
+
     box: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
@@ -72,6 +74,7 @@ class NumberPlan:
     digits: float32 [M, 28, 28], every candidate digit in MNIST form; boxes: their boxes (source pixels);
     blobs: per blob, left to right, the number of pieces and the candidate index of each piece span
     (start, end) -> (candidate, extra log-score of that span and of the cut at its left end)."""
+
     digits: np.ndarray
     boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
     blobs: list[tuple[int, dict[tuple[int, int], tuple[int, float]]]] = field(default_factory=list)
@@ -181,20 +184,26 @@ def _scale_to_source(image: ImageInput, img: Image.Image) -> tuple[float, float]
             size = source.size
             # EXIF orientations 5-8 swap the axes (PNG, GIF and BMP: only read when in the header, since
             # Pillow's getexif would decode the whole image to look further)
-            if (source.format not in ("PNG", "GIF", "BMP") or "exif" in source.info) \
-                    and source.getexif().get(0x0112) in (5, 6, 7, 8):
+            if (source.format not in ("PNG", "GIF", "BMP") or "exif" in source.info) and source.getexif().get(
+                0x0112
+            ) in (5, 6, 7, 8):
                 size = size[::-1]
     except (OSError, ValueError, SyntaxError):
         return 1.0, 1.0
     return size[0] / img.width, size[1] / img.height
 
 
-def _source_box(box: tuple[int, int, int, int], scale: tuple[float, float], shape: tuple[int, ...]
-                ) -> tuple[int, int, int, int]:
+def _source_box(
+    box: tuple[int, int, int, int], scale: tuple[float, float], shape: tuple[int, ...]
+) -> tuple[int, int, int, int]:
     sx, sy = scale
     h, w = shape
-    return (int(math.floor(box[0] * sx)), int(math.floor(box[1] * sy)),
-            int(math.ceil(min(box[2], w) * sx)), int(math.ceil(min(box[3], h) * sy)))
+    return (
+        int(math.floor(box[0] * sx)),
+        int(math.floor(box[1] * sy)),
+        int(math.ceil(min(box[2], w) * sx)),
+        int(math.ceil(min(box[3], h) * sy)),
+    )
 
 
 # -----------------------------------------------------------------------------
@@ -227,7 +236,7 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int,
             i = parent[i]
         return i
 
-    for a, b in zip((edges // (n + 1)).tolist(), (edges % (n + 1)).tolist()):
+    for a, b in zip((edges // (n + 1)).tolist(), (edges % (n + 1)).tolist(), strict=False):
         ra, rb = root(a), root(b)
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
@@ -245,7 +254,7 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int,
     np.minimum.at(y0, ids, ys)
     np.maximum.at(x1, ids, xs + 1)
     np.maximum.at(y1, ids, ys + 1)
-    return labels, list(zip(x0.tolist(), y0.tolist(), x1.tolist(), y1.tolist()))
+    return labels, list(zip(x0.tolist(), y0.tolist(), x1.tolist(), y1.tolist(), strict=False))
 
 
 def _not_specks(boxes: list[tuple[int, int, int, int]]) -> list[int]:
@@ -255,8 +264,11 @@ def _not_specks(boxes: list[tuple[int, int, int, int]]) -> list[int]:
     areas = [(x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes]
     tallest = max(y1 - y0 for _, y0, _, y1 in boxes)
     biggest = max(areas)
-    return [i for i, (x0, y0, x1, y1) in enumerate(boxes)
-            if areas[i] >= SPECK_AREA * biggest and max(x1 - x0, y1 - y0) >= SPECK_SIZE * tallest]
+    return [
+        i
+        for i, (x0, y0, x1, y1) in enumerate(boxes)
+        if areas[i] >= SPECK_AREA * biggest and max(x1 - x0, y1 - y0) >= SPECK_SIZE * tallest
+    ]
 
 
 def _blobs(boxes: list[tuple[int, int, int, int]]) -> list[list[int]]:
@@ -267,7 +279,7 @@ def _blobs(boxes: list[tuple[int, int, int, int]]) -> list[list[int]]:
     spans: list[list[tuple[int, int]]] = []  # per group: its members' (x0, x1)
     for i in order:
         x0, _, x1, _ = boxes[i]
-        for group, span in zip(groups, spans):
+        for group, span in zip(groups, spans, strict=False):
             if any(min(x1, b1) - max(x0, b0) >= MERGE_OVERLAP * min(x1 - x0, b1 - b0) for b0, b1 in span):
                 group.append(i)
                 span.append((x0, x1))
@@ -283,8 +295,7 @@ def _blobs(boxes: list[tuple[int, int, int, int]]) -> list[list[int]]:
 # splitting a blob
 
 
-def _split_candidates(ink: np.ndarray, own: np.ndarray
-                      ) -> dict[tuple[int, int], tuple[np.ndarray, float]]:
+def _split_candidates(ink: np.ndarray, own: np.ndarray) -> dict[tuple[int, int], tuple[np.ndarray, float]]:
     """Candidate digits of one blob: (first piece, end piece) -> (its ink, extra log-score).
 
     The pieces lie between the candidate cuts; the extra score charges the cut at the span's left end
@@ -322,8 +333,7 @@ def _split_candidates(ink: np.ndarray, own: np.ndarray
     return out
 
 
-def _cuts(ink: np.ndarray, own: np.ndarray, height: int, left: int, right: int
-          ) -> tuple[list[np.ndarray], list[float]]:
+def _cuts(ink: np.ndarray, own: np.ndarray, height: int, left: int, right: int) -> tuple[list[np.ndarray], list[float]]:
     """Candidate cuts, left to right: per cut the column x(y) of each row (pixels at x <= x(y) go left)
     and its cost (ink crossed, in stroke widths, times CUT_COST, plus SPLIT_COST).
 
@@ -354,7 +364,7 @@ def _cuts(ink: np.ndarray, own: np.ndarray, height: int, left: int, right: int
     windows = [(max(c - radius, lo), min(c + radius + 1, hi)) for c in chosen]
     paths: list[np.ndarray] = []
     costs: list[float] = []
-    for path, crossed in zip(*_thinnest_paths(ink, windows)):
+    for path, crossed in zip(*_thinnest_paths(ink, windows), strict=False):
         if paths:
             path = np.maximum(path, paths[-1])  # cuts must not cross
         paths.append(path)
@@ -363,8 +373,14 @@ def _cuts(ink: np.ndarray, own: np.ndarray, height: int, left: int, right: int
 
 
 def _edges(m: np.ndarray) -> int:
-    return int((m[1:] != m[:-1]).sum() + (m[:, 1:] != m[:, :-1]).sum() + m[0].sum() + m[-1].sum()
-               + m[:, 0].sum() + m[:, -1].sum())
+    return int(
+        (m[1:] != m[:-1]).sum()
+        + (m[:, 1:] != m[:, :-1]).sum()
+        + m[0].sum()
+        + m[-1].sum()
+        + m[:, 0].sum()
+        + m[:, -1].sum()
+    )
 
 
 def _thinnest_paths(ink: np.ndarray, windows: list[tuple[int, int]]) -> tuple[list[np.ndarray], list[float]]:

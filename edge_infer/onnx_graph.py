@@ -8,10 +8,10 @@ inputs and outputs with shapes, opsets and metadata.
 Only the fields named below are decoded; everything else is skipped by its wire type, as protobuf
 readers do. Field numbers are those of onnx/onnx.proto (stable since IR version 3).
 """
+
 from __future__ import annotations
 
 import json
-
 from dataclasses import dataclass, field
 
 __all__ = ["DATA_TYPES", "INTEGER_TYPES", "ModelGraph", "Node", "OnnxFormatError", "Tensor", "ValueInfo", "read_model"]
@@ -22,15 +22,31 @@ class OnnxFormatError(ValueError):
 
 
 # TensorProto.DataType
-DATA_TYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 8: "string",
-              9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 14: "complex64",
-              15: "complex128", 16: "bfloat16"}
+DATA_TYPES = {
+    1: "float32",
+    2: "uint8",
+    3: "int8",
+    4: "uint16",
+    5: "int16",
+    6: "int32",
+    7: "int64",
+    8: "string",
+    9: "bool",
+    10: "float16",
+    11: "float64",
+    12: "uint32",
+    13: "uint64",
+    14: "complex64",
+    15: "complex128",
+    16: "bfloat16",
+}
 INTEGER_TYPES = frozenset({"uint8", "int8", "uint16", "int16", "int32", "int64", "uint32", "uint64"})
 
 
 @dataclass(frozen=True)
 class Tensor:
     """An initializer (a weight): what it is, not its values."""
+
     name: str
     dims: tuple[int, ...]
     data_type: str  # e.g. "float32", "int8"
@@ -47,6 +63,7 @@ class Tensor:
 @dataclass(frozen=True)
 class ValueInfo:
     """A graph input or output: name, element type and shape (ints, or names for dynamic dimensions)."""
+
     name: str
     data_type: str | None
     shape: tuple[int | str | None, ...] | None  # None: no shape recorded
@@ -83,6 +100,7 @@ class ModelGraph:
 
 # -- the wire format -------------------------------------------------------------------------------
 
+
 def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     result = shift = 0
     while True:
@@ -109,9 +127,9 @@ def _fields(buf: bytes, start: int = 0, end: int | None = None):
         if wire == 0:
             value, pos = _varint(buf, pos, end)
         elif wire == 1:
-            value, pos = int.from_bytes(buf[pos:pos + 8], "little"), pos + 8
+            value, pos = int.from_bytes(buf[pos : pos + 8], "little"), pos + 8
         elif wire == 5:
-            value, pos = int.from_bytes(buf[pos:pos + 4], "little"), pos + 4
+            value, pos = int.from_bytes(buf[pos : pos + 4], "little"), pos + 4
         elif wire == 2:
             length, pos = _varint(buf, pos, end)
             value, pos = (pos, pos + length), pos + length
@@ -124,7 +142,7 @@ def _fields(buf: bytes, start: int = 0, end: int | None = None):
 
 def _text(buf: bytes, span: tuple[int, int]) -> str:
     try:
-        return buf[span[0]:span[1]].decode("utf-8")
+        return buf[span[0] : span[1]].decode("utf-8")
     except UnicodeDecodeError:
         raise OnnxFormatError("a name is not valid UTF-8") from None
 
@@ -145,6 +163,7 @@ def _ints(buf: bytes, wire: int, value) -> list[int]:
 
 
 # -- the messages we read --------------------------------------------------------------------------
+
 
 def _node(buf: bytes, span) -> Node:
     inputs, outputs, name, op_type, domain = [], [], "", "", ""
@@ -265,19 +284,42 @@ def large_batch_view(model: ModelGraph) -> ModelGraph:
     if large is None or small is None:
         return model
     weights = {**model.initializers, **large.initializers}
-    alias = {n.outputs[0]: n.inputs[0] for n in large.nodes
-             if n.op_type == "Concat" and len(n.inputs) == 1 and n.inputs[0] in weights}
+    alias = {
+        n.outputs[0]: n.inputs[0]
+        for n in large.nodes
+        if n.op_type == "Concat" and len(n.inputs) == 1 and n.inputs[0] in weights
+    }
     rename = {**alias, **{o.name: choose.outputs[0] for o in large.outputs}}
-    nodes = [Node(n.op_type, tuple(rename.get(i, i) for i in n.inputs), tuple(rename.get(o, o) for o in n.outputs),
-                  n.name, n.domain) for n in large.nodes if n.outputs[0] not in alias]
+    nodes = [
+        Node(
+            n.op_type,
+            tuple(rename.get(i, i) for i in n.inputs),
+            tuple(rename.get(o, o) for o in n.outputs),
+            n.name,
+            n.domain,
+        )
+        for n in large.nodes
+        if n.outputs[0] not in alias
+    ]
     small_ops = sorted({n.op_type for n in small.nodes if n.op_type != "Concat"} - {"Squeeze", "Reshape"})
     try:
         switch = f"from batch {int(json.loads(model.metadata['model'])['large_from_batch'])}"
     except (KeyError, ValueError, TypeError):
         switch = "for large batches"
     note = f"auto form: drawn is the branch run {switch}; smaller batches run {', '.join(small_ops)}"
-    return ModelGraph(model.ir_version, model.producer, model.opsets, model.name, nodes, weights, model.inputs,
-                      model.outputs, model.metadata, model.has_functions, note)
+    return ModelGraph(
+        model.ir_version,
+        model.producer,
+        model.opsets,
+        model.name,
+        nodes,
+        weights,
+        model.inputs,
+        model.outputs,
+        model.metadata,
+        model.has_functions,
+        note,
+    )
 
 
 def read_model(blob: bytes) -> ModelGraph:

@@ -28,25 +28,34 @@ from PIL import Image
 
 from edge_infer.files import HEAD_BYTES, FileRefused, read_regular_file
 
-__all__ = ["ImageError", "ImageInput", "MAX_FILE_BYTES", "MAX_PIXELS", "load_image", "to_grey", "to_mnist",
-           "ink_map", "ink_to_mnist",
-           "preprocess"]
+__all__ = [
+    "ImageError",
+    "ImageInput",
+    "MAX_FILE_BYTES",
+    "MAX_PIXELS",
+    "load_image",
+    "to_grey",
+    "to_mnist",
+    "ink_map",
+    "ink_to_mnist",
+    "preprocess",
+]
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 MAX_PIXELS = 40_000_000  # refuse anything larger before decoding: ~a 7000x6000 photo is already generous
-WORK_SIZE = 512          # longest side we compute on; a digit filling 1/8 of the frame keeps ~60 px
-BOX, CANVAS = 20, 28     # MNIST: digit fits a 20x20 box inside a 28x28 field
-CENTRE = 14.0            # MNIST centre of mass, in pixel-index coordinates (measured: 14.0 +- 0.3)
-NOISE_SIGMAS = 3.5       # background residuals below this many sigmas are noise, not ink
-MIN_CONTRAST = 0.05      # ink weaker than this (on a 0..1 scale) is not a digit, e.g. a blank JPEG page
-INK_PERCENTILE = 95      # this percentile of ink maps to 1.0 (MNIST stroke cores are saturated)
-STRONG_INK = 0.25        # pixels at least this inky decide the crop on large images
-BORDER_NOT_PAPER = 0.3   # a fitted background this far (0..1 scale) from agreeing corners is ink, not paper
-MIN_GAP = 0.02           # gaps in the ink up to this fraction of the image always belong to one digit
-THIN_W20 = 0.7           # strokes thinner than this at the 20 px scale get thickened (MNIST's thinnest: 0.81)
-TARGET_W20 = 2.2         # ... up to about this width (MNIST: median 2.5, lower quartile 2.1)
-THICKEN_SIZE = 4 * BOX   # intermediate resolution at which thin strokes are thickened
+WORK_SIZE = 512  # longest side we compute on; a digit filling 1/8 of the frame keeps ~60 px
+BOX, CANVAS = 20, 28  # MNIST: digit fits a 20x20 box inside a 28x28 field
+CENTRE = 14.0  # MNIST centre of mass, in pixel-index coordinates (measured: 14.0 +- 0.3)
+NOISE_SIGMAS = 3.5  # background residuals below this many sigmas are noise, not ink
+MIN_CONTRAST = 0.05  # ink weaker than this (on a 0..1 scale) is not a digit, e.g. a blank JPEG page
+INK_PERCENTILE = 95  # this percentile of ink maps to 1.0 (MNIST stroke cores are saturated)
+STRONG_INK = 0.25  # pixels at least this inky decide the crop on large images
+BORDER_NOT_PAPER = 0.3  # a fitted background this far (0..1 scale) from agreeing corners is ink, not paper
+MIN_GAP = 0.02  # gaps in the ink up to this fraction of the image always belong to one digit
+THIN_W20 = 0.7  # strokes thinner than this at the 20 px scale get thickened (MNIST's thinnest: 0.81)
+TARGET_W20 = 2.2  # ... up to about this width (MNIST: median 2.5, lower quartile 2.1)
+THICKEN_SIZE = 4 * BOX  # intermediate resolution at which thin strokes are thickened
 
 
 class ImageError(ValueError):
@@ -63,13 +72,41 @@ MAX_FILE_BYTES = 256 * 2**20  # image files larger than this are refused before 
 MAX_JPEG_PIXELS = 200_000_000
 # The formats edge-infer reads, by Pillow format name -> the one Pillow plugin that decodes it. Only these
 # plugins are ever imported or used here (no EPS -> Ghostscript and the like), which also keeps start-up short.
-FORMAT_PLUGINS = {"PNG": "PngImagePlugin", "JPEG": "JpegImagePlugin", "GIF": "GifImagePlugin",
-                  "BMP": "BmpImagePlugin", "TIFF": "TiffImagePlugin", "WEBP": "WebPImagePlugin",
-                  "PPM": "PpmImagePlugin", "ICO": "IcoImagePlugin", "TGA": "TgaImagePlugin"}
+FORMAT_PLUGINS = {
+    "PNG": "PngImagePlugin",
+    "JPEG": "JpegImagePlugin",
+    "GIF": "GifImagePlugin",
+    "BMP": "BmpImagePlugin",
+    "TIFF": "TiffImagePlugin",
+    "WEBP": "WebPImagePlugin",
+    "PPM": "PpmImagePlugin",
+    "ICO": "IcoImagePlugin",
+    "TGA": "TgaImagePlugin",
+}
 _EXIF_ORIENTATION = 0x0112
 _PREMULTIPLIED = {"La": "LA", "RGBa": "RGBA"}  # alpha-premultiplied modes -> their straight-alpha twins
-KNOWN_MODES = frozenset({"1", "L", "P", "RGB", "RGBA", "LA", "PA", "CMYK", "YCbCr", "LAB", "HSV", "I", "F",
-                         "I;16", "I;16L", "I;16B", "I;16N", "RGBX"})
+KNOWN_MODES = frozenset(
+    {
+        "1",
+        "L",
+        "P",
+        "RGB",
+        "RGBA",
+        "LA",
+        "PA",
+        "CMYK",
+        "YCbCr",
+        "LAB",
+        "HSV",
+        "I",
+        "F",
+        "I;16",
+        "I;16L",
+        "I;16B",
+        "I;16N",
+        "RGBX",
+    }
+)
 
 
 def sniff_format(head: bytes) -> str:
@@ -94,12 +131,28 @@ def sniff_format(head: bytes) -> str:
         return "PPM"
     if head.startswith(b"\0\0\1\0"):
         return "ICO"
-    if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1",
-                                               b"msf1", b"avif", b"avis"):
+    if head[4:8] == b"ftyp" and head[8:12] in (
+        b"heic",
+        b"heix",
+        b"heim",
+        b"heis",
+        b"hevc",
+        b"hevx",
+        b"mif1",
+        b"msf1",
+        b"avif",
+        b"avis",
+    ):
         raise ImageError("HEIC/HEIF/AVIF images are not supported; convert it to JPEG or PNG")
     # TGA has no signature: accept only a plausible header (colour map 0/1, a known image type, a known depth)
-    if (len(head) >= 18 and head[1] in (0, 1) and head[2] in (1, 2, 3, 9, 10, 11)
-            and head[16] in (1, 8, 15, 16, 24, 32) and head[12:14] != b"\0\0" and head[14:16] != b"\0\0"):
+    if (
+        len(head) >= 18
+        and head[1] in (0, 1)
+        and head[2] in (1, 2, 3, 9, 10, 11)
+        and head[16] in (1, 8, 15, 16, 24, 32)
+        and head[12:14] != b"\0\0"
+        and head[14:16] != b"\0\0"
+    ):
         return "TGA"
     raise ImageError("not an image (unrecognised format)")
 
@@ -166,9 +219,15 @@ def _orient(img: Image.Image, copy: bool) -> Image.Image:
         orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
     except Exception:  # a corrupt EXIF block is not worth refusing the image for
         orientation = 1
-    method = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-              8: Image.Transpose.ROTATE_90}.get(orientation if isinstance(orientation, int) else 1)
+    method = {
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_270,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_90,
+    }.get(orientation if isinstance(orientation, int) else 1)
     if method is None:
         return img.copy() if copy else img
     return img.transpose(method)
@@ -198,7 +257,7 @@ def _decode(data: bytes) -> Image.Image:
             _check_size(img.size)  # header only (after any drafting): nothing decoded yet
             if img.tell():
                 img.seek(0)  # first frame of animations
-            img.load()   # force the full decode here so truncation is caught here
+            img.load()  # force the full decode here so truncation is caught here
             if "exif" in img.info or fmt not in ("PNG", "GIF", "BMP"):  # (those keep EXIF only there)
                 img = _orient(img, copy=False)
             return img
@@ -208,8 +267,19 @@ def _decode(data: bytes) -> Image.Image:
         raise ImageError("image too large to decode safely") from None
     except Image.UnidentifiedImageError:
         raise ImageError("not an image (unrecognised format)") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, struct.error,
-            MemoryError, OverflowError, ZeroDivisionError) as e:
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        EOFError,
+        IndexError,
+        TypeError,
+        KeyError,
+        struct.error,
+        MemoryError,
+        OverflowError,
+        ZeroDivisionError,
+    ) as e:
         raise ImageError(f"image data is truncated or corrupt ({_one_line(e)[:200]})") from None
 
 
@@ -225,8 +295,10 @@ def _check_size(size: tuple[int, int], fmt: str | None = None) -> None:
     w, h = size
     limit = MAX_JPEG_PIXELS if fmt in ("JPEG", "MPO") else MAX_PIXELS
     if w * h > limit:
-        raise ImageError(f"image too large ({w}x{h} pixels; limit {MAX_PIXELS:,}, or {MAX_JPEG_PIXELS:,} "
-                         f"for JPEG, which is decoded at reduced scale)")
+        raise ImageError(
+            f"image too large ({w}x{h} pixels; limit {MAX_PIXELS:,}, or {MAX_JPEG_PIXELS:,} "
+            f"for JPEG, which is decoded at reduced scale)"
+        )
 
 
 def _one_line(e: Exception) -> str:
@@ -314,8 +386,11 @@ def to_grey(img: Image.Image) -> np.ndarray:
         a = np.nan_to_num(np.asarray(img, dtype=np.float32))
         return np.clip(a / 255.0 if a.max() > 1.0 else a, 0.0, 1.0)
 
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info) \
+    has_alpha = (
+        mode in ("RGBA", "LA", "PA", "RGBa", "La")
+        or (mode == "P" and "transparency" in img.info)
         or (mode in ("L", "RGB") and "transparency" in img.info)
+    )
     if not has_alpha:
         if mode == "L":  # (from the bytes themselves: np.asarray(img) costs ~2x more per small image)
             grey = np.frombuffer(img.tobytes(), np.uint8).astype(np.float32).reshape(img.height, img.width)
@@ -410,8 +485,14 @@ def _corner_background(g: np.ndarray) -> tuple[np.ndarray, float] | None:
     h, w = g.shape
     k = max(1, min(h, w) // 8)
     step = max(1, k // 8)
-    patches = np.concatenate([g[:k:step, :k:step].ravel(), g[:k:step, -k::step].ravel(),
-                              g[-k::step, :k:step].ravel(), g[-k::step, -k::step].ravel()])
+    patches = np.concatenate(
+        [
+            g[:k:step, :k:step].ravel(),
+            g[:k:step, -k::step].ravel(),
+            g[-k::step, :k:step].ravel(),
+            g[-k::step, -k::step].ravel(),
+        ]
+    )
     level = float(np.median(patches))
     spread = 1.4826 * float(np.median(np.abs(patches - level)))
     if spread > 0.05:  # the corners disagree: no paper to be found
@@ -460,8 +541,10 @@ def _brighter_darker(r: np.ndarray, tol: float) -> tuple[float, float]:
     passes each instead of four (float64 sums keep the difference exact enough). These passes, and the
     in-place ones in _ink_map, are most of a photo's preprocessing time."""
     n_tol = r.size * tol
-    return (float(np.maximum(r, tol).sum(dtype=np.float64) - n_tol),
-            float(-np.minimum(r, -tol).sum(dtype=np.float64) - n_tol))
+    return (
+        float(np.maximum(r, tol).sum(dtype=np.float64) - n_tol),
+        float(-np.minimum(r, -tol).sum(dtype=np.float64) - n_tol),
+    )
 
 
 def _sample_step(shape: tuple[int, ...]) -> int:
@@ -570,7 +653,7 @@ def _main_run(profile: np.ndarray) -> tuple[int, int]:
     idx = np.flatnonzero(profile)
     cut = np.flatnonzero(np.diff(idx) > 1)
     starts, ends = idx[np.r_[0, cut + 1]], idx[np.r_[cut, idx.size - 1]] + 1
-    mass = np.array([profile[s:e].sum() for s, e in zip(starts, ends)])
+    mass = np.array([profile[s:e].sum() for s, e in zip(starts, ends, strict=False)])
     i = j = int(mass.argmax())
     while True:
         extent = ends[j] - starts[i]
@@ -609,9 +692,12 @@ def _stroke_width(a: np.ndarray) -> float:
     # transitions inside, plus the mask's own pixels on the four borders (edges against the outside);
     # count_nonzero on two strided views of the borders: per-call overhead is this function's cost
     rows, cols = m.shape
-    edges = (np.count_nonzero(m[1:] != m[:-1]) + np.count_nonzero(m[:, 1:] != m[:, :-1])
-             + np.count_nonzero(m[:: max(1, rows - 1)]) * (2 if rows == 1 else 1)
-             + np.count_nonzero(m[:, :: max(1, cols - 1)]) * (2 if cols == 1 else 1))
+    edges = (
+        np.count_nonzero(m[1:] != m[:-1])
+        + np.count_nonzero(m[:, 1:] != m[:, :-1])
+        + np.count_nonzero(m[:: max(1, rows - 1)]) * (2 if rows == 1 else 1)
+        + np.count_nonzero(m[:, :: max(1, cols - 1)]) * (2 if cols == 1 else 1)
+    )
     return 0.0 if edges == 0 else float(2.0 * a.sum() / (edges * np.pi / 4))
 
 

@@ -1,5 +1,6 @@
 """A progress bar with images/s on stderr, for long runs of edge-infer: only when stderr is a terminal
 (never in pipes, JSON consumers or CI logs), and only for runs long enough to need one."""
+
 from __future__ import annotations
 
 import sys

@@ -77,13 +77,23 @@ def make_numbers(raw: Path) -> None:
     out = HERE / "numbers"
     out.mkdir(exist_ok=True)
     rng = np.random.default_rng(1)
-    handwritten = mnist_number(images, labels, rng, length=5, spacing="touching", share=0.25, background="transparent",
-                               height=60, indices=first_of_each(labels, "40713", skip=2))
+    handwritten = mnist_number(
+        images,
+        labels,
+        rng,
+        length=5,
+        spacing="touching",
+        share=0.25,
+        background="transparent",
+        height=60,
+        indices=first_of_each(labels, "40713", skip=2),
+    )
     handwritten.image.save(out / "handwritten-40713.png")
     font = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
     font_number("2048", font, rng, size=72, background="white").image.save(out / "printed-2048.png")
-    photo = mnist_number(images, labels, rng, length=5, background="paper", height=150,
-                         indices=first_of_each(labels, "31415", skip=1))
+    photo = mnist_number(
+        images, labels, rng, length=5, background="paper", height=150, indices=first_of_each(labels, "31415", skip=1)
+    )
     photo.image.resize((1000, 300), Image.Resampling.BILINEAR).save(out / "photo-31415.jpg", quality=85)
 
 

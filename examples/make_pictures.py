@@ -8,6 +8,7 @@ docs/photo-4-input.png  what the model saw in examples/photo-4.png, as `edge-inf
 
 Runtime only (edge_infer): no torch or onnx needed.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -58,10 +58,29 @@ def main() -> None:
     fp32, int8 = (MODELS_DIR / BUNDLED[False]), (MODELS_DIR / BUNDLED[True])
     rel = lambda p: str(p.relative_to(Path.cwd())) if p.is_relative_to(Path.cwd()) else str(p)  # noqa: E731
     commands = [
-        ["edge-train", "--cell", CELL, "--out", args.run_dir, "--data-dir", args.data_dir, "--seed", str(SEED),
-         "--threads", str(THREADS)],
-        ["edge-export", f"{args.run_dir}/checkpoint.pt", "--out", rel(fp32), "--int8", rel(int8),
-         "--data-dir", args.data_dir],
+        [
+            "edge-train",
+            "--cell",
+            CELL,
+            "--out",
+            args.run_dir,
+            "--data-dir",
+            args.data_dir,
+            "--seed",
+            str(SEED),
+            "--threads",
+            str(THREADS),
+        ],
+        [
+            "edge-export",
+            f"{args.run_dir}/checkpoint.pt",
+            "--out",
+            rel(fp32),
+            "--int8",
+            rel(int8),
+            "--data-dir",
+            args.data_dir,
+        ],
     ]
     for command in commands:
         _run(command)
@@ -80,10 +99,19 @@ def main() -> None:
     provenance = {
         "commands": [shlex.join(c) for c in commands],
         "models": models,
-        "training": {"epochs": len(history), "test_acc": history[-1]["test_acc"], "seed": SEED,
-                     "threads": load_checkpoint(Path(args.run_dir, "checkpoint.pt"))["threads"]},
-        "versions": {"python": platform.python_version(), "torch": version("torch"), "onnx": version("onnx"),
-                     "onnxruntime": version("onnxruntime"), "edge-infer": version("edge-infer")},
+        "training": {
+            "epochs": len(history),
+            "test_acc": history[-1]["test_acc"],
+            "seed": SEED,
+            "threads": load_checkpoint(Path(args.run_dir, "checkpoint.pt"))["threads"],
+        },
+        "versions": {
+            "python": platform.python_version(),
+            "torch": version("torch"),
+            "onnx": version("onnx"),
+            "onnxruntime": version("onnxruntime"),
+            "edge-infer": version("edge-infer"),
+        },
     }
     text = json.dumps(provenance, indent=2) + "\n"
     path = MODELS_DIR / PROVENANCE

@@ -17,25 +17,59 @@ def _fail(message: str, code: int = 2) -> None:
 @click.command(cls=OneLineCommand, name="edge-export", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="fp32 model to write.")
-@click.option("--int8", "int8_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write a dynamically quantized int8 model here.")
-@click.option("--int8-static", "int8_static_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write a static int8 model (QDQ, calibrated on MNIST training images) here: the form NPU "
-                   "and accelerator execution providers take.")
-@click.option("--ort", is_flag=True, help="Also write each model in ORT format (.ort beside the .onnx) with the "
-              "operator list a reduced-size onnxruntime build needs (.required_operators.config).")
-@click.option("--opset", type=click.IntRange(OPSETS[0], OPSETS[-1]), default=OPSET, show_default=True,
-              help="ONNX opset; the IR version follows it (17: onnxruntime >= 1.16).")
-@click.option("--form", type=click.Choice(FORMS), default="auto", show_default=True,
-              help="fp32 graph form: 'auto' (the fastest form for small batches and per-step for large ones, "
-                   "chosen by an If node), 'per-step' (fastest from batch 64 on), 'hoisted' or 'node' (one ONNX "
-                   "RNN/GRU/LSTM node per layer); see export/graph.py.")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data"), show_default=True,
-              help="MNIST for the parity and accuracy checks (torchvision layout: DIR/MNIST/raw/).")
+@click.option(
+    "--int8",
+    "int8_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write a dynamically quantized int8 model here.",
+)
+@click.option(
+    "--int8-static",
+    "int8_static_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write a static int8 model (QDQ, calibrated on MNIST training images) here: the form NPU "
+    "and accelerator execution providers take.",
+)
+@click.option(
+    "--ort",
+    is_flag=True,
+    help="Also write each model in ORT format (.ort beside the .onnx) with the "
+    "operator list a reduced-size onnxruntime build needs (.required_operators.config).",
+)
+@click.option(
+    "--opset",
+    type=click.IntRange(OPSETS[0], OPSETS[-1]),
+    default=OPSET,
+    show_default=True,
+    help="ONNX opset; the IR version follows it (17: onnxruntime >= 1.16).",
+)
+@click.option(
+    "--form",
+    type=click.Choice(FORMS),
+    default="auto",
+    show_default=True,
+    help="fp32 graph form: 'auto' (the fastest form for small batches and per-step for large ones, "
+    "chosen by an If node), 'per-step' (fastest from batch 64 on), 'hoisted' or 'node' (one ONNX "
+    "RNN/GRU/LSTM node per layer); see export/graph.py.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("data"),
+    show_default=True,
+    help="MNIST for the parity and accuracy checks (torchvision layout: DIR/MNIST/raw/).",
+)
 @click.option("--no-download", is_flag=True, help="Never download MNIST; fail if it is missing.")
-@click.option("--graph", "graph_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also draw the exported graph into FILE (.svg or .png); with --int8, the int8 graph goes to "
-                   "FILE-int8.svg/.png.")
+@click.option(
+    "--graph",
+    "graph_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also draw the exported graph into FILE (.svg or .png); with --int8, the int8 graph goes to "
+    "FILE-int8.svg/.png.",
+)
 def main(checkpoint, out, int8_out, int8_static_out, ort, opset, form, data_dir, no_download, graph_file) -> None:
     """Export an edge-train CHECKPOINT to ONNX, after checking parity with torch on real MNIST images."""
     from export.export import CheckpointError, ExportError, export, load_trained
@@ -51,8 +85,17 @@ def main(checkpoint, out, int8_out, int8_static_out, ort, opset, form, data_dir,
     try:
         load_trained(checkpoint)  # "not a checkpoint" before MNIST is looked for (or downloaded)
         train, test = load_mnist(data_dir, download=not no_download)
-        report = export(checkpoint, out, test, int8_out=int8_out, opset=opset, form=form,
-                        int8_static_out=int8_static_out, train=train, ort=ort)
+        report = export(
+            checkpoint,
+            out,
+            test,
+            int8_out=int8_out,
+            opset=opset,
+            form=form,
+            int8_static_out=int8_static_out,
+            train=train,
+            ort=ort,
+        )
     except (DataError, CheckpointError) as error:  # unusable input
         _fail(str(error), code=2)
     except ExportError as error:  # a check failed

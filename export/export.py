@@ -32,8 +32,8 @@ from onnx import numpy_helper
 
 from edge_infer import Classifier, ModelError
 from edge_infer.model_info import INPUT_NAME, OUTPUT_NAME, ModelInfo, to_rows
-from export.graph import AUTO_FORMS, FORMS, IR_FOR_OPSET, MIN_ORT_FOR_OPSET, OPSETS, SWITCH_BATCH, build_graph
 from export import formats
+from export.graph import AUTO_FORMS, FORMS, IR_FOR_OPSET, MIN_ORT_FOR_OPSET, OPSETS, SWITCH_BATCH, build_graph
 from train.data import Split
 from train.files import atomic_write
 from train.model import DigitRNN, ModelConfig
@@ -72,23 +72,29 @@ class ExportReport:
     ort_paths: list[Path] = field(default_factory=list)  # export.formats: .ort models + operator lists
 
     def summary(self) -> str:
-        lines = [f"parity on {self.parity_images} MNIST test images: max |logit diff| {self.max_abs_diff:.2e} "
-                 f"(limit {PARITY_MAX_ABS_DIFF:.0e}), argmax agreement {self.agreement:.2%}",
-                 f"fp32: {self.fp32_path} ({self.fp32_path.stat().st_size / 1024:.1f} KiB), "
-                 f"MNIST test accuracy {self.fp32_accuracy:.2%}"
-                 + (f" (checkpoint: {self.checkpoint_accuracy:.2%})" if self.checkpoint_accuracy is not None else "")]
+        lines = [
+            f"parity on {self.parity_images} MNIST test images: max |logit diff| {self.max_abs_diff:.2e} "
+            f"(limit {PARITY_MAX_ABS_DIFF:.0e}), argmax agreement {self.agreement:.2%}",
+            f"fp32: {self.fp32_path} ({self.fp32_path.stat().st_size / 1024:.1f} KiB), "
+            f"MNIST test accuracy {self.fp32_accuracy:.2%}"
+            + (f" (checkpoint: {self.checkpoint_accuracy:.2%})" if self.checkpoint_accuracy is not None else ""),
+        ]
         if self.int8_path is not None:
             ratio = self.int8_path.stat().st_size / self.fp32_path.stat().st_size
-            lines.append(f"int8: {self.int8_path} ({self.int8_path.stat().st_size / 1024:.1f} KiB, {ratio:.0%} of fp32), "
-                         f"MNIST test accuracy {self.int8_accuracy:.2%} "
-                         f"({(self.int8_accuracy - self.fp32_accuracy) * 100:+.2f} points)")
+            lines.append(
+                f"int8: {self.int8_path} ({self.int8_path.stat().st_size / 1024:.1f} KiB, {ratio:.0%} of fp32), "
+                f"MNIST test accuracy {self.int8_accuracy:.2%} "
+                f"({(self.int8_accuracy - self.fp32_accuracy) * 100:+.2f} points)"
+            )
             if self.int8_changes:
                 lines.append(self.int8_changes)
         if self.int8_static_path is not None:
             ratio = self.int8_static_path.stat().st_size / self.fp32_path.stat().st_size
-            lines.append(f"static int8 (QDQ): {self.int8_static_path} ({self.int8_static_path.stat().st_size / 1024:.1f} "
-                         f"KiB, {ratio:.0%} of fp32), MNIST test accuracy {self.int8_static_accuracy:.2%} "
-                         f"({(self.int8_static_accuracy - self.fp32_accuracy) * 100:+.2f} points)")
+            lines.append(
+                f"static int8 (QDQ): {self.int8_static_path} ({self.int8_static_path.stat().st_size / 1024:.1f} "
+                f"KiB, {ratio:.0%} of fp32), MNIST test accuracy {self.int8_static_accuracy:.2%} "
+                f"({(self.int8_static_accuracy - self.fp32_accuracy) * 100:+.2f} points)"
+            )
         if self.ort_paths:
             lines.append("ORT format (same logits as the .onnx): " + ", ".join(str(p) for p in self.ort_paths))
         return "\n".join(lines)
@@ -116,8 +122,10 @@ def load_trained(checkpoint: Path) -> tuple[dict, DigitRNN, DigitRNN]:
         raise CheckpointError(" ".join(str(error).split())[:300]) from None
     broken = [name for name, weight in trained.state_dict().items() if not torch.isfinite(weight).all()]
     if broken:  # a diverged run: NaN compares false, so no later check would catch it
-        raise CheckpointError(f"{checkpoint}: the weights hold NaN or inf ({', '.join(broken)}); the run diverged, "
-                              f"retrain it (e.g. with a lower --lr)")
+        raise CheckpointError(
+            f"{checkpoint}: the weights hold NaN or inf ({', '.join(broken)}); the run diverged, "
+            f"retrain it (e.g. with a lower --lr)"
+        )
     if not (math.isfinite(temperature) and temperature > 0):
         raise CheckpointError(f"calibration temperature must be positive, not {temperature}")
     with torch.no_grad():  # calibrated logits = logits / T: folded into the last layer, free at run time
@@ -136,12 +144,15 @@ def runtime_classifier(model: onnx.ModelProto | bytes) -> Classifier:
         raise ExportError(f"the runtime refuses the exported model: {error}") from None
 
 
-def onnx_logits(model: onnx.ModelProto | bytes | Classifier, images: np.ndarray, batch: int = RUN_BATCH
-                ) -> np.ndarray:
+def onnx_logits(model: onnx.ModelProto | bytes | Classifier, images: np.ndarray, batch: int = RUN_BATCH) -> np.ndarray:
     """Logits from the runtime's onnxruntime session for uint8/float images [N, 28, 28] (ink bright)."""
     session = (model if isinstance(model, Classifier) else runtime_classifier(model)).session
-    return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: to_rows(images[start:start + batch])})[0]
-                           for start in range(0, len(images), batch)])
+    return np.concatenate(
+        [
+            session.run([OUTPUT_NAME], {INPUT_NAME: to_rows(images[start : start + batch])})[0]
+            for start in range(0, len(images), batch)
+        ]
+    )
 
 
 def torch_reference(trained: DigitRNN, time_major: DigitRNN, images: np.ndarray) -> np.ndarray:
@@ -159,9 +170,13 @@ def torch_reference(trained: DigitRNN, time_major: DigitRNN, images: np.ndarray)
 
 def integer_recurrent_ops(model: onnx.ModelProto) -> list[str]:
     """Integer ops whose int8 weight is a recurrent weight (named Wh*, after quantization Wh*_quantized)."""
-    return [f"{n.op_type}({n.input[1]})" for n in model.graph.node
-            if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM") and len(n.input) > 1
-            and n.input[1].startswith("Wh")]
+    return [
+        f"{n.op_type}({n.input[1]})"
+        for n in model.graph.node
+        if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM")
+        and len(n.input) > 1
+        and n.input[1].startswith("Wh")
+    ]
 
 
 def quantize_int8(fp32_matmul: onnx.ModelProto) -> onnx.ModelProto:
@@ -172,8 +187,9 @@ def quantize_int8(fp32_matmul: onnx.ModelProto) -> onnx.ModelProto:
     with tempfile.TemporaryDirectory() as tmp, _quiet_root_logger():
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(fp32_matmul, src)
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True,
-                         extra_options={"MatMulConstBOnly": True})
+        quantize_dynamic(
+            src, dst, weight_type=QuantType.QInt8, per_channel=True, extra_options={"MatMulConstBOnly": True}
+        )
         model = onnx.load(dst)
     _shorten_names(model)
     return model
@@ -262,9 +278,11 @@ def write_bytes(blob: bytes, path: Path) -> None:
 
 # -- the formats ------------------------------------------------------------------------------------
 
+
 @dataclass
 class Artifact:
     """One checked model: blob is exactly what gets written, and what the gates ran on."""
+
     blob: bytes
     info: ModelInfo
 
@@ -272,6 +290,7 @@ class Artifact:
 @dataclass
 class Source:
     """What every format's exporter gets: the checkpoint, its torch reference and the MNIST test set."""
+
     state: dict  # the checkpoint
     config: ModelConfig
     weights: dict[str, np.ndarray]  # the time-major state_dict as numpy
@@ -284,31 +303,51 @@ class Source:
     shipped: dict[str, Artifact] = field(default_factory=dict)  # the formats already done, in FORMATS order
 
     def graph(self, form: str, gemm: bool) -> onnx.ModelProto:
-        return build_graph(self.weights, self.config.cell, self.config.hidden, self.config.layers, form=form,
-                           gemm=gemm, opset=self.opset)
+        return build_graph(
+            self.weights,
+            self.config.cell,
+            self.config.hidden,
+            self.config.layers,
+            form=form,
+            gemm=gemm,
+            opset=self.opset,
+        )
 
     def accuracy(self, logits: np.ndarray) -> float:
         return float((logits.argmax(1) == self.labels).mean())
 
-    def ship(self, model: onnx.ModelProto, precision: str, graph_form: str,
-             gate: Callable[[Classifier, bytes], tuple[float, dict]]) -> Artifact:
+    def ship(
+        self,
+        model: onnx.ModelProto,
+        precision: str,
+        graph_form: str,
+        gate: Callable[[Classifier, bytes], tuple[float, dict]],
+    ) -> Artifact:
         """Serialise model as shipped and run gate(runtime classifier, bytes) -> (MNIST test accuracy,
         checks) on those bytes; it raises ExportError when a check fails. The measured values go into the
         metadata, so the gate runs again on the final bytes, which must give exactly the same results."""
+
         def info(accuracy: float, checks: dict) -> ModelInfo:
-            return ModelInfo(precision=precision, mnist_test_accuracy=round(accuracy, 6),
-                             model={**self.config.to_dict(), "graph": graph_form,
-                                    **_auto_choice(graph_form, self.config.cell)}, recipe=self.state["recipe"],
-                             package_version=package_version(), min_onnxruntime=MIN_ORT_FOR_OPSET[self.opset],
-                             opset=self.opset, checks=checks, calibration=self.state.get("calibration", {}))
+            return ModelInfo(
+                precision=precision,
+                mnist_test_accuracy=round(accuracy, 6),
+                model={**self.config.to_dict(), "graph": graph_form, **_auto_choice(graph_form, self.config.cell)},
+                recipe=self.state["recipe"],
+                package_version=package_version(),
+                min_onnxruntime=MIN_ORT_FOR_OPSET[self.opset],
+                opset=self.opset,
+                checks=checks,
+                calibration=self.state.get("calibration", {}),
+            )
 
         draft = final_bytes(model, info(0.0, {}), self.opset)
         accuracy, checks = gate(runtime_classifier(draft), draft)
         final = info(accuracy, checks)
         blob = final_bytes(model, final, self.opset)
         if gate(runtime_classifier(blob), blob) != (accuracy, checks):
-            raise ExportError(f"the final {precision} model does not reproduce the results in its metadata; "
-                              f"nothing written")
+            raise ExportError(
+                f"the final {precision} model does not reproduce the results in its metadata; nothing written"
+            )
         return Artifact(blob, final)
 
 
@@ -322,6 +361,7 @@ def _auto_choice(graph_form: str, cell: str) -> dict:
 
 def export_fp32(src: Source) -> Artifact:
     """The chosen graph form with Gemm nodes; parity with torch, then accuracy."""
+
     def gate(classifier: Classifier, blob: bytes) -> tuple[float, dict]:
         logits = onnx_logits(classifier, src.images)
         n = len(src.reference)
@@ -332,12 +372,17 @@ def export_fp32(src: Source) -> Artifact:
             max_diff = max(max_diff, float(diff.max()) if np.isfinite(diff).all() else float("inf"))  # NaN: fail
             agreement = min(agreement, float((ours.argmax(1) == src.reference.argmax(1)).mean()))
         if max_diff > PARITY_MAX_ABS_DIFF or agreement < 1.0:
-            raise ExportError(f"parity check failed on {n} MNIST test images: max |logit diff| {max_diff:.2e} "
-                              f"(limit {PARITY_MAX_ABS_DIFF:.0e}), argmax agreement {agreement:.2%} (need 100%); "
-                              f"nothing written")
-        return src.accuracy(logits), {"parity_images": n, "max_abs_logit_diff": max_diff,
-                                      "argmax_agreement": agreement,
-                                      "checkpoint_test_accuracy": src.state.get("test_acc")}
+            raise ExportError(
+                f"parity check failed on {n} MNIST test images: max |logit diff| {max_diff:.2e} "
+                f"(limit {PARITY_MAX_ABS_DIFF:.0e}), argmax agreement {agreement:.2%} (need 100%); "
+                f"nothing written"
+            )
+        return src.accuracy(logits), {
+            "parity_images": n,
+            "max_abs_logit_diff": max_diff,
+            "argmax_agreement": agreement,
+            "checkpoint_test_accuracy": src.state.get("test_acc"),
+        }
 
     return src.ship(src.graph(src.form, gemm=True), "fp32", src.form, gate)
 
@@ -354,11 +399,16 @@ def export_int8(src: Source) -> Artifact:
         accuracy = src.accuracy(onnx_logits(classifier, src.images))
         drop = fp32_accuracy - accuracy
         if drop > INT8_MAX_ACCURACY_DROP:
-            raise ExportError(f"int8 MNIST test accuracy {accuracy:.2%} is {drop * 100:.2f} points below fp32 "
-                              f"{fp32_accuracy:.2%} (limit {INT8_MAX_ACCURACY_DROP * 100:.1f}); nothing written")
-        return accuracy, {"fp32_mnist_test_accuracy": fp32_accuracy, "accuracy_drop": round(drop, 6),
-                          "integer_recurrent_ops": len(recurrent),
-                          "weights": "int8 per-channel, dynamic uint8 activations"}
+            raise ExportError(
+                f"int8 MNIST test accuracy {accuracy:.2%} is {drop * 100:.2f} points below fp32 "
+                f"{fp32_accuracy:.2%} (limit {INT8_MAX_ACCURACY_DROP * 100:.1f}); nothing written"
+            )
+        return accuracy, {
+            "fp32_mnist_test_accuracy": fp32_accuracy,
+            "accuracy_drop": round(drop, 6),
+            "integer_recurrent_ops": len(recurrent),
+            "weights": "int8 per-channel, dynamic uint8 activations",
+        }
 
     return src.ship(quantize_int8(src.graph("per-step", gemm=False)), "int8", "per-step-int8", gate)
 
@@ -380,33 +430,51 @@ def export_int8_static(src: Source) -> Artifact:
         recurrent = formats.qdq_recurrent_weights(shipped)
         if not recurrent:
             raise ExportError("static int8 graph has no int8 recurrent weights; nothing written")
-        left_float = sorted(t.name for t in shipped.graph.initializer
-                            if t.name in matrices and t.data_type != TensorProto.INT8)
+        left_float = sorted(
+            t.name for t in shipped.graph.initializer if t.name in matrices and t.data_type != TensorProto.INT8
+        )
         if left_float:
             raise ExportError(f"static int8 graph keeps float weights ({', '.join(left_float)}); nothing written")
         accuracy = src.accuracy(onnx_logits(classifier, src.images))
         drop = fp32_accuracy - accuracy
         if drop > formats.STATIC_MAX_ACCURACY_DROP:
-            raise ExportError(f"static int8 MNIST test accuracy {accuracy:.2%} is {drop * 100:.2f} points below fp32 "
-                              f"{fp32_accuracy:.2%} (limit {formats.STATIC_MAX_ACCURACY_DROP * 100:.1f}); "
-                              f"nothing written")
-        return accuracy, {"fp32_mnist_test_accuracy": fp32_accuracy, "accuracy_drop": round(drop, 6),
-                          "int8_recurrent_weights": len(recurrent),
-                          "weights": "int8 symmetric per-channel; uint8 activations, static (QDQ)",
-                          "calibration": f"{min(formats.CALIBRATION_IMAGES, len(src.train_images))} MNIST training "
-                                         f"images (MinMax)"}
+            raise ExportError(
+                f"static int8 MNIST test accuracy {accuracy:.2%} is {drop * 100:.2f} points below fp32 "
+                f"{fp32_accuracy:.2%} (limit {formats.STATIC_MAX_ACCURACY_DROP * 100:.1f}); "
+                f"nothing written"
+            )
+        return accuracy, {
+            "fp32_mnist_test_accuracy": fp32_accuracy,
+            "accuracy_drop": round(drop, 6),
+            "int8_recurrent_weights": len(recurrent),
+            "weights": "int8 symmetric per-channel; uint8 activations, static (QDQ)",
+            "calibration": f"{min(formats.CALIBRATION_IMAGES, len(src.train_images))} MNIST training images (MinMax)",
+        }
 
     return src.ship(model, "int8", "per-step-int8-qdq", gate)
 
 
 # Every output format, in the order they are built (a later one may use an earlier one's results).
-FORMATS: dict[str, Callable[[Source], Artifact]] = {"fp32": export_fp32, "int8": export_int8,
-                                                    "int8-static": export_int8_static}
+FORMATS: dict[str, Callable[[Source], Artifact]] = {
+    "fp32": export_fp32,
+    "int8": export_int8,
+    "int8-static": export_int8_static,
+}
 
 
-def export(checkpoint: Path, out: Path, test: Split, int8_out: Path | None = None, opset: int = 17,
-           form: str = "auto", parity_images: int = PARITY_IMAGES, outputs: dict[str, Path] | None = None,
-           int8_static_out: Path | None = None, train: Split | None = None, ort: bool = False) -> ExportReport:
+def export(
+    checkpoint: Path,
+    out: Path,
+    test: Split,
+    int8_out: Path | None = None,
+    opset: int = 17,
+    form: str = "auto",
+    parity_images: int = PARITY_IMAGES,
+    outputs: dict[str, Path] | None = None,
+    int8_static_out: Path | None = None,
+    train: Split | None = None,
+    ort: bool = False,
+) -> ExportReport:
     """Export checkpoint to out (fp32), int8_out, int8_static_out and any further outputs {format: path}
     (FORMATS keys), running every check first. Raises ExportError; nothing is written unless every format
     passed. The static int8 model is calibrated on `train` images; ort: also write each model in ORT format
@@ -417,8 +485,12 @@ def export(checkpoint: Path, out: Path, test: Split, int8_out: Path | None = Non
         raise ExportError(f"form must be one of {', '.join(FORMS)}, not {form!r}")
     if parity_images < PARITY_IMAGES:
         raise ExportError(f"parity needs at least {PARITY_IMAGES} test images")
-    wanted = {"fp32": out, **({"int8": int8_out} if int8_out is not None else {}),
-              **({"int8-static": int8_static_out} if int8_static_out is not None else {}), **(outputs or {})}
+    wanted = {
+        "fp32": out,
+        **({"int8": int8_out} if int8_out is not None else {}),
+        **({"int8-static": int8_static_out} if int8_static_out is not None else {}),
+        **(outputs or {}),
+    }
     if "int8-static" in wanted and train is None:
         raise ExportError("static int8 needs the MNIST training images to calibrate on")
     unknown = set(wanted) - set(FORMATS)
@@ -426,11 +498,17 @@ def export(checkpoint: Path, out: Path, test: Split, int8_out: Path | None = Non
         raise ExportError(f"unknown output format {', '.join(sorted(unknown))}; known: {', '.join(FORMATS)}")
     state, trained, time_major = load_trained(checkpoint)
     images = test.images.numpy()
-    src = Source(state=state, config=trained.config,
-                 weights={k: v.detach().numpy() for k, v in time_major.state_dict().items()},
-                 images=images, labels=test.labels.numpy(),
-                 reference=torch_reference(trained, time_major, images[:parity_images]), opset=opset, form=form,
-                 train_images=train.images.numpy() if train is not None else None)
+    src = Source(
+        state=state,
+        config=trained.config,
+        weights={k: v.detach().numpy() for k, v in time_major.state_dict().items()},
+        images=images,
+        labels=test.labels.numpy(),
+        reference=torch_reference(trained, time_major, images[:parity_images]),
+        opset=opset,
+        form=form,
+        train_images=train.images.numpy() if train is not None else None,
+    )
     for name, build in FORMATS.items():  # fp32, always wanted, comes first
         if name in wanted:
             src.shipped[name] = build(src)
@@ -439,10 +517,16 @@ def export(checkpoint: Path, out: Path, test: Split, int8_out: Path | None = Non
     for name, path in wanted.items():
         write_bytes(src.shipped[name].blob, path)
     fp32 = src.shipped["fp32"].info
-    report = ExportReport(out, fp32.mnist_test_accuracy, state.get("test_acc"), fp32.checks["max_abs_logit_diff"],
-                          fp32.checks["argmax_agreement"], fp32.checks["parity_images"],
-                          paths={name: Path(path) for name, path in wanted.items()},
-                          infos={name: src.shipped[name].info for name in wanted})
+    report = ExportReport(
+        out,
+        fp32.mnist_test_accuracy,
+        state.get("test_acc"),
+        fp32.checks["max_abs_logit_diff"],
+        fp32.checks["argmax_agreement"],
+        fp32.checks["parity_images"],
+        paths={name: Path(path) for name, path in wanted.items()},
+        infos={name: src.shipped[name].info for name in wanted},
+    )
     if "int8" in wanted:
         report.int8_path, report.int8_accuracy = Path(wanted["int8"]), src.shipped["int8"].info.mnist_test_accuracy
         fp32_read, int8_read = (onnx_logits(src.shipped[name].blob, images).argmax(1) for name in ("fp32", "int8"))

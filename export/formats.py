@@ -11,6 +11,7 @@
 
 Both need onnx (onnxruntime's converter imports it), so they live on the export side.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -79,8 +80,10 @@ def calibration_rows(train_images: np.ndarray, count: int = CALIBRATION_IMAGES, 
     """Time-major float batches [28, B, 28] of `count` training images picked at random (uint8 [N, 28, 28] in)."""
     picked = np.random.default_rng(seed).choice(len(train_images), size=min(count, len(train_images)), replace=False)
     images = train_images[np.sort(picked)].astype(np.float32) / 255.0
-    return [np.ascontiguousarray(images[start:start + CALIBRATION_BATCH].transpose(1, 0, 2))
-            for start in range(0, len(images), CALIBRATION_BATCH)]
+    return [
+        np.ascontiguousarray(images[start : start + CALIBRATION_BATCH].transpose(1, 0, 2))
+        for start in range(0, len(images), CALIBRATION_BATCH)
+    ]
 
 
 def quantize_static_qdq(fp32_matmul, calibration: list[np.ndarray]):
@@ -107,9 +110,16 @@ def quantize_static_qdq(fp32_matmul, calibration: list[np.ndarray]):
         src, pre, dst = (Path(tmp) / name for name in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         onnx.save(fp32_matmul, src)
         quant_pre_process(src, pre, skip_optimization=True)
-        quantize_static(pre, dst, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, per_channel=True,
-                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+        quantize_static(
+            pre,
+            dst,
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+        )
         return onnx.load(dst)
 
 
@@ -119,8 +129,11 @@ def qdq_recurrent_weights(model) -> list[str]:
 
     int8 = {t.name for t in model.graph.initializer if t.data_type == TensorProto.INT8 and t.name.startswith("Wh")}
     feeds_matmul = {name for node in model.graph.node if node.op_type == "MatMul" for name in node.input}
-    return sorted(node.input[0] for node in model.graph.node
-                  if node.op_type == "DequantizeLinear" and node.input[0] in int8 and node.output[0] in feeds_matmul)
+    return sorted(
+        node.input[0]
+        for node in model.graph.node
+        if node.op_type == "DequantizeLinear" and node.input[0] in int8 and node.output[0] in feeds_matmul
+    )
 
 
 def write_ort_checked(onnx_paths: list[Path], images: np.ndarray) -> list[Path]:
@@ -138,8 +151,10 @@ def write_ort_checked(onnx_paths: list[Path], images: np.ndarray) -> list[Path]:
             written += [ort_path, config_path]
             logits = [Classifier(path).session.run(None, {INPUT_NAME: rows})[0] for path in (onnx_path, ort_path)]
             if not np.array_equal(*logits):
-                raise ExportError(f"{ort_path} gives other logits than {onnx_path} (max |diff| "
-                                  f"{np.abs(logits[0] - logits[1]).max():.2e}); no .ort written")
+                raise ExportError(
+                    f"{ort_path} gives other logits than {onnx_path} (max |diff| "
+                    f"{np.abs(logits[0] - logits[1]).max():.2e}); no .ort written"
+                )
     except (ModelError, ExportError, OSError, RuntimeError) as error:
         for path in written:
             path.unlink(missing_ok=True)

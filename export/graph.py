@@ -7,8 +7,9 @@ and takes the form we choose:
 
   "auto" (default)     two of the forms below in one graph, and an If node that picks one by the batch size:
                       the form fastest at small batches for this cell (AUTO_FORMS) below SWITCH_BATCH, per-step
-                      from there on (lstm: the node form at every batch size, no If). Both branches read the same weights, stored once where the forms share
-                      them (per-step and hoisted do; the node form has its own gate order). The If costs ~3 us.
+                      from there on (lstm: the node form at every batch size, no If). Both branches read the
+                      same weights, stored once where the forms share them (per-step and hoisted do; the node
+                      form has its own gate order). The If costs ~3 us.
   "per-step"          the recurrence as one Gemm(+Relu, fused by onnxruntime) per step,
                       h_t = Relu(Gemm(h_{t-1}, W_hh, C = x_t W_ih^T + b)), where each step projects its own
                       input row. With `gemm=False` it is written as MatMul+Add, which onnxruntime's dynamic
@@ -23,6 +24,7 @@ and takes the form we choose:
 Gate orders differ: torch GRU is (r, z, n), ONNX GRU (z, r, h); torch LSTM is (i, f, g, o), ONNX LSTM
 (i, o, f, c). Parity with torch is checked by export.export, never assumed.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -43,8 +45,17 @@ SWITCH_BATCH = {"rnn": 2, "gru": 16, "lstm": 16}
 INPUT, OUTPUT = INPUT_NAME, OUTPUT_NAME  # the contract's names (edge_infer.model_info)
 OPSET = 17  # the default; the exporter pins it and the matching IR version
 # Lowest onnxruntime that runs each opset; we never claim less than 1.16.
-MIN_ORT_FOR_OPSET = {13: "1.16", 14: "1.16", 15: "1.16", 16: "1.16", 17: "1.16", 18: "1.16", 19: "1.16",
-                     20: "1.17", 21: "1.18"}
+MIN_ORT_FOR_OPSET = {
+    13: "1.16",
+    14: "1.16",
+    15: "1.16",
+    16: "1.16",
+    17: "1.16",
+    18: "1.16",
+    19: "1.16",
+    20: "1.17",
+    21: "1.18",
+}
 IR_FOR_OPSET = {13: 7, 14: 7, 15: 8, 16: 8, 17: 8, 18: 8, 19: 9, 20: 9, 21: 10}
 OPSETS = tuple(MIN_ORT_FOR_OPSET)
 
@@ -81,8 +92,15 @@ class _Graph:
         return self.op("Add", [y, bias]) if bias else y
 
 
-def build_graph(state: dict[str, np.ndarray], cell: str, hidden: int, layers: int, form: str = "per-step",
-                gemm: bool = True, opset: int = OPSET) -> onnx.ModelProto:
+def build_graph(
+    state: dict[str, np.ndarray],
+    cell: str,
+    hidden: int,
+    layers: int,
+    form: str = "per-step",
+    gemm: bool = True,
+    opset: int = OPSET,
+) -> onnx.ModelProto:
     """An ONNX model computing the same logits as train.model.DigitRNN with these weights."""
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, not {form!r}")
@@ -103,10 +121,12 @@ build_model = build_graph  # the old name, for code written before the rename
 
 def _model(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto], opset: int) -> onnx.ModelProto:
     graph = helper.make_graph(
-        nodes, "digit_rnn",
+        nodes,
+        "digit_rnn",
         [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [STEPS, "N", PIXELS])],
         [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", CLASSES])],
-        initializers)
+        initializers,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="edge-infer")
 
 
@@ -114,7 +134,7 @@ def _auto_model(state: dict[str, np.ndarray], cell: str, hidden: int, layers: in
     """If(batch < SWITCH_BATCH[cell]) then the small-batch form else the large-batch one (AUTO_FORMS)."""
     g = _Graph(opset, hoist=False)
     branches = []
-    for prefix, form in zip("sl", AUTO_FORMS[cell]):
+    for prefix, form in zip("sl", AUTO_FORMS[cell], strict=False):
         branch = _Graph(opset, hoist=form == "hoisted", prefix=prefix, shared=True)
         _build(branch, state, cell, hidden, layers, form, True, prefix + OUTPUT)
         for name, tensor in branch.initializers.items():  # the outer graph holds the weights, each name once
@@ -131,8 +151,10 @@ def _auto_model(state: dict[str, np.ndarray], cell: str, hidden: int, layers: in
             for i, name in enumerate(node.input):
                 if name in weights:
                     node.input[i] = local.setdefault(name, f"{prefix}_{name}")
-        copies = [helper.make_node("Concat", [name], [copy], name=f"{prefix}_copy_{name}", axis=0)
-                  for name, copy in local.items()]
+        copies = [
+            helper.make_node("Concat", [name], [copy], name=f"{prefix}_copy_{name}", axis=0)
+            for name, copy in local.items()
+        ]
         out = helper.make_tensor_value_info(prefix + OUTPUT, TensorProto.FLOAT, ["N", CLASSES])
         branches.append(helper.make_graph(copies + branch.nodes, f"{prefix}_{form}", [], [out], consts))
         for tensor in consts:
@@ -144,13 +166,15 @@ def _auto_model(state: dict[str, np.ndarray], cell: str, hidden: int, layers: in
         batch = g.op("Gather", [g.op("Shape", [INPUT]), g.const("dim1", np.array(1, np.int64))], axis=0)
         switch = g.const("switch_batch", np.array(SWITCH_BATCH[cell], np.int64))
     small = g.op("Less", [batch, switch])
-    g.nodes.append(helper.make_node("If", [small], [OUTPUT], name="choose_form", then_branch=branches[0],
-                                    else_branch=branches[1]))
+    g.nodes.append(
+        helper.make_node("If", [small], [OUTPUT], name="choose_form", then_branch=branches[0], else_branch=branches[1])
+    )
     return _model(g.nodes, list(g.initializers.values()), opset)
 
 
-def _build(g: _Graph, state: dict[str, np.ndarray], cell: str, hidden: int, layers: int, form: str, gemm: bool,
-           output: str) -> None:
+def _build(
+    g: _Graph, state: dict[str, np.ndarray], cell: str, hidden: int, layers: int, form: str, gemm: bool, output: str
+) -> None:
     """Append the nodes of one form to g; the last one writes `output`."""
     if form in ("hoisted", "per-step"):
         if not gemm:  # MatMul takes W^T as stored; transpose once here, not per step
@@ -174,8 +198,9 @@ def _build(g: _Graph, state: dict[str, np.ndarray], cell: str, hidden: int, laye
     g.nodes[-1].output[0] = output  # the last node (Gemm, or MatMul's Add) produces the logits
 
 
-def _weights(g: _Graph, state: dict[str, np.ndarray], layer: int, gates: int, hidden: int,
-             fold_hh_bias: slice | None) -> tuple[str, str, np.ndarray, np.ndarray]:
+def _weights(
+    g: _Graph, state: dict[str, np.ndarray], layer: int, gates: int, hidden: int, fold_hh_bias: slice | None
+) -> tuple[str, str, np.ndarray, np.ndarray]:
     """Input weight + bias names, and the recurrent weight / bias arrays, for one layer.
     fold_hh_bias: which gate rows of b_hh can be folded into the hoisted input bias (all but GRU's n gate)."""
     w_ih, w_hh = state[f"rnn.weight_ih_l{layer}"], state[f"rnn.weight_hh_l{layer}"]
@@ -201,10 +226,8 @@ def _rnn_layer(g: _Graph, seq: str, state, layer: int, hidden: int, gemm: bool) 
     h = g.op("Relu", [steps[0]])  # h0 = 0, so step 0 has no recurrent term
     outputs = [h]
     for x_t in steps[1:]:
-        if gemm:  # Gemm(h, W_hh, x_t): the step's input projection rides in as Gemm's C
-            pre = g.op("Gemm", [h, w_hh, x_t], transB=1)
-        else:
-            pre = g.op("Add", [g.op("MatMul", [h, w_hh]), x_t])
+        # Gemm(h, W_hh, x_t): the step's input projection rides in as Gemm's C
+        pre = g.op("Gemm", [h, w_hh, x_t], transB=1) if gemm else g.op("Add", [g.op("MatMul", [h, w_hh]), x_t])
         h = g.op("Relu", [pre])
         outputs.append(h)
     return outputs
@@ -217,8 +240,8 @@ def _gru_layer(g: _Graph, seq: str, state, layer: int, hidden: int, gemm: bool) 
     steps = _input_steps(g, seq, w_ih, b_ih, gemm)
     # Gemm keeps torch's [out, in] layout (gate blocks are rows); MatMul's is transposed (blocks are columns).
     w_hrz = g.const(f"Whrz{layer}", w_hh[: 2 * H] if gemm else w_hh[:, : 2 * H])
-    w_hn = g.const(f"Whn{layer}", w_hh[2 * H:] if gemm else w_hh[:, 2 * H:])
-    b_hn = g.const(f"bhn{layer}", b_hh[2 * H:])
+    w_hn = g.const(f"Whn{layer}", w_hh[2 * H :] if gemm else w_hh[:, 2 * H :])
+    b_hn = g.const(f"bhn{layer}", b_hh[2 * H :])
     h = None
     outputs = []
     for x_t in steps:
@@ -232,7 +255,11 @@ def _gru_layer(g: _Graph, seq: str, state, layer: int, hidden: int, gemm: bool) 
         r, z = g.op("Split", [rz], n_out=2, axis=1)
         n = g.op("Tanh", [g.op("Add", [x_n, g.op("Mul", [r, h_n])])])
         # h' = (1 - z) * n + z * h  =  n + z * (h - n)
-        h = g.op("Sub", [n, g.op("Mul", [z, n])]) if h is None else g.op("Add", [n, g.op("Mul", [z, g.op("Sub", [h, n])])])
+        h = (
+            g.op("Sub", [n, g.op("Mul", [z, n])])
+            if h is None
+            else g.op("Add", [n, g.op("Mul", [z, g.op("Sub", [h, n])])])
+        )
         outputs.append(h)
     return outputs
 
@@ -262,13 +289,17 @@ def _recurrent_node(g: _Graph, seq: str, state, cell: str, layer: int, hidden: i
     order = {"rnn": [0], "gru": [1, 0, 2], "lstm": [0, 3, 1, 2]}[cell]
 
     def reorder(a: np.ndarray) -> np.ndarray:
-        return np.concatenate([a[k * H:(k + 1) * H] for k in order])[None]
+        return np.concatenate([a[k * H : (k + 1) * H] for k in order])[None]
 
     if g.shared:
         inputs = [seq, *_node_weights_from_step_weights(g, state, cell, layer, H, order)]
     else:
-        inputs = [seq, g.const(f"W{layer}", reorder(w_ih)), g.const(f"R{layer}", reorder(w_hh)),
-                  g.const(f"B{layer}", np.concatenate([reorder(b_ih), reorder(b_hh)], axis=1))]
+        inputs = [
+            seq,
+            g.const(f"W{layer}", reorder(w_ih)),
+            g.const(f"R{layer}", reorder(w_hh)),
+            g.const(f"B{layer}", np.concatenate([reorder(b_ih), reorder(b_hh)], axis=1)),
+        ]
     attrs: dict = {"hidden_size": H}
     if cell == "rnn":
         attrs["activations"] = ["Relu"]
@@ -295,10 +326,10 @@ def _node_weights_from_step_weights(g: _Graph, state, cell: str, layer: int, H: 
         return [name] if n == 1 else g.op("Split", [name], n_out=n, axis=0)
 
     if cell == "gru":  # the per-step form keeps W_hh as its r,z rows and its n rows, and b_hn apart
-        w_rz, w_n = g.const(f"Whrz{layer}", w_hh[: 2 * H]), g.const(f"Whn{layer}", w_hh[2 * H:])
+        w_rz, w_n = g.const(f"Whrz{layer}", w_hh[: 2 * H]), g.const(f"Whn{layer}", w_hh[2 * H :])
         recurrent = reordered(split(w_rz, 2) + [w_n])
         zero = g.const(f"zeros{2 * H}", np.zeros(2 * H, np.float32))
-        recurrent_bias = g.op("Concat", [zero, g.const(f"bhn{layer}", b_hh[2 * H:])], axis=0)
+        recurrent_bias = g.op("Concat", [zero, g.const(f"bhn{layer}", b_hh[2 * H :])], axis=0)
     else:
         recurrent = reordered(split(g.const(f"Wh{layer}", w_hh), gates))
         recurrent_bias = g.const(f"zeros{gates * H}", np.zeros(gates * H, np.float32))

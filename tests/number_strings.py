@@ -12,6 +12,7 @@ others are apart. Each digit has its own height (0.8-1.15 of the line's), the ba
 (up to about 4.5 degrees). Backgrounds: dark ink on photo-like paper (uneven light, noise, a slight blur,
 RGB), on white (L), or drawn on a transparent canvas (RGBA).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -38,13 +39,21 @@ def _dilate(m: np.ndarray) -> np.ndarray:
     out = np.zeros_like(m)
     for dy in range(3):
         for dx in range(3):
-            out |= p[dy:dy + m.shape[0], dx:dx + m.shape[1]]
+            out |= p[dy : dy + m.shape[0], dx : dx + m.shape[1]]
     return out
 
 
-def mnist_number(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, length: int = 5,
-                 spacing: str = "apart", share: float = 1.0, background: str = "white",
-                 height: float | None = None, indices: list[int] | None = None) -> NumberImage:
+def mnist_number(
+    images: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    length: int = 5,
+    spacing: str = "apart",
+    share: float = 1.0,
+    background: str = "white",
+    height: float | None = None,
+    indices: list[int] | None = None,
+) -> NumberImage:
     """A line of `length` MNIST test digits (random ones, or `indices`)."""
     if indices is None:
         indices = rng.integers(0, len(images), length).tolist()
@@ -54,7 +63,7 @@ def mnist_number(images: np.ndarray, labels: np.ndarray, rng: np.random.Generato
     for index in indices:
         ink = images[index].astype(np.float32) / 255
         rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
-        ink = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
         scale = height * float(rng.uniform(0.8, 1.15)) / ink.shape[0]
         size = (max(1, round(ink.shape[1] * scale)), max(1, round(ink.shape[0] * scale)))
         digits.append(np.clip(np.asarray(Image.fromarray(ink).resize(size, Image.Resampling.BILINEAR)), 0, 1))
@@ -79,12 +88,12 @@ def mnist_number(images: np.ndarray, labels: np.ndarray, rng: np.random.Generato
         if mode != "apart":
             placed = _dilate(canvas > 0.3)
             mine = d > 0.3
-            while x > boxes[-1][0] and not (placed[y:y + h, x:x + w] & mine).any():
+            while x > boxes[-1][0] and not (placed[y : y + h, x : x + w] & mine).any():
                 x -= 1
             if mode == "overlapping":
                 x = max(boxes[-1][0] + 1, x - int(round(rng.uniform(0.08, 0.2) * w)))
         kinds.append(mode)
-        np.maximum(canvas[y:y + h, x:x + w], d, out=canvas[y:y + h, x:x + w])
+        np.maximum(canvas[y : y + h, x : x + w], d, out=canvas[y : y + h, x : x + w])
         boxes.append((x, y, x + w, y + h))
         right = max(right, x + w)
     # crop to the ink plus a margin of 0.3-1 digit heights
@@ -92,7 +101,7 @@ def mnist_number(images: np.ndarray, labels: np.ndarray, rng: np.random.Generato
     x1, y1 = max(b[2] for b in boxes), max(b[3] for b in boxes)
     pad = [int(rng.uniform(0.3, 1.0) * height) for _ in range(4)]
     left, top = max(x0 - pad[0], 0), max(y0 - pad[1], 0)
-    canvas = canvas[top:min(y1 + pad[3], canvas.shape[0]), left:x1 + pad[2]]
+    canvas = canvas[top : min(y1 + pad[3], canvas.shape[0]), left : x1 + pad[2]]
     boxes = [(a - left, b - top, c - left, d - top) for a, b, c, d in boxes]
     text = "".join(str(int(labels[i])) for i in indices)
     return NumberImage(render(canvas, background, rng), text, boxes, kinds[1:])
@@ -122,8 +131,14 @@ def font_paths() -> list[Path]:
     return sorted(FONT_DIR.glob("DejaVu*.ttf"))
 
 
-def font_number(text: str, font_path: Path, rng: np.random.Generator, size: int = 64,
-                background: str = "white", tracking: tuple[float, float] = (0.0, 0.25)) -> NumberImage:
+def font_number(
+    text: str,
+    font_path: Path,
+    rng: np.random.Generator,
+    size: int = 64,
+    background: str = "white",
+    tracking: tuple[float, float] = (0.0, 0.25),
+) -> NumberImage:
     """A printed number: each character drawn at its advance plus tracking (a share of the font size)."""
     font = ImageFont.truetype(str(font_path), size)
     layer = Image.new("L", (int(size * (len(text) + 2) * 1.4), size * 3), 0)
@@ -139,7 +154,7 @@ def font_number(text: str, font_path: Path, rng: np.random.Generator, size: int 
     rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
     pad = size // 3
     top, left = max(rows[0] - pad, 0), max(cols[0] - pad, 0)
-    ink = ink[top:rows[-1] + pad, left:cols[-1] + pad]
+    ink = ink[top : rows[-1] + pad, left : cols[-1] + pad]
     boxes = [(a - left, b - top, c - left, d - top) for a, b, c, d in boxes]
     return NumberImage(render(ink, background, rng), text, boxes, ["apart"] * (len(text) - 1))
 

@@ -1,4 +1,5 @@
 """Models for devices (export/formats.py): the ORT format and static int8 (QDQ), on real MNIST."""
+
 from __future__ import annotations
 
 import subprocess
@@ -26,9 +27,22 @@ def exported(tmp_path_factory, small_checkpoints, data_root):
     """The small rnn (hidden 128) exported by the CLI with every device option: fp32, int8, static int8, .ort."""
     folder = tmp_path_factory.mktemp("devices")
     paths = {"fp32": folder / "m.onnx", "int8": folder / "m8.onnx", "static": folder / "m8s.onnx"}
-    result = CliRunner().invoke(edge_export, [str(small_checkpoints["rnn"]), "--out", str(paths["fp32"]),
-                                              "--int8", str(paths["int8"]), "--int8-static", str(paths["static"]),
-                                              "--ort", "--data-dir", str(data_root), "--no-download"])
+    result = CliRunner().invoke(
+        edge_export,
+        [
+            str(small_checkpoints["rnn"]),
+            "--out",
+            str(paths["fp32"]),
+            "--int8",
+            str(paths["int8"]),
+            "--int8-static",
+            str(paths["static"]),
+            "--ort",
+            "--data-dir",
+            str(data_root),
+            "--no-download",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "static int8 (QDQ):" in result.output and "ORT format" in result.output
     return folder, paths, result.output
@@ -43,6 +57,7 @@ def logits(model, images: np.ndarray) -> np.ndarray:
 
 
 # --- ORT format -------------------------------------------------------------------------------------
+
 
 def test_ort_files_beside_each_model(exported):
     folder, paths, _ = exported
@@ -67,8 +82,12 @@ def test_required_operators_list_what_the_ort_model_runs(exported):
     for kind, path in paths.items():
         config = path.with_suffix(".required_operators.config").read_text()
         assert path.with_suffix(".ort").name in config and str(path.parent) not in config  # names the file only
-        ops = {op for line in config.splitlines() if line and not line.startswith("#")
-               for op in line.split(";")[2].split(",")}
+        ops = {
+            op
+            for line in config.splitlines()
+            if line and not line.startswith("#")
+            for op in line.split(";")[2].split(",")
+        }
         must = {"fp32": {"Gemm"}, "int8": {"DynamicQuantizeMatMul"}, "static": {"QLinearMatMul"}}[kind]
         assert must <= ops, (kind, ops)
 
@@ -82,9 +101,12 @@ def test_cli_runs_the_ort_model(exported, mnist_test, tmp_path):
         Image.fromarray(images[i]).save(files[-1])
     outputs = {}
     for suffix in (".onnx", ".ort"):
-        result = subprocess.run([sys.executable, "-m", "edge_infer", "--json", "--model",
-                                 str(paths["fp32"].with_suffix(suffix)), *files], cwd=ROOT, capture_output=True,
-                                timeout=300)
+        result = subprocess.run(
+            [sys.executable, "-m", "edge_infer", "--json", "--model", str(paths["fp32"].with_suffix(suffix)), *files],
+            cwd=ROOT,
+            capture_output=True,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr
         outputs[suffix] = result.stdout
     assert outputs[".ort"] == outputs[".onnx"] and outputs[".ort"].count(b"\n") == 8
@@ -99,8 +121,12 @@ def test_damaged_ort_file_is_a_one_line_model_error(exported, tmp_path):
         with pytest.raises(ModelError) as error:
             Classifier(path)
         assert "\n" not in str(error.value)
-        result = subprocess.run([sys.executable, "-m", "edge_infer", "--model", str(path), str(ROOT / "examples" /
-                                 "mnist-7.png")], cwd=ROOT, capture_output=True, timeout=300)
+        result = subprocess.run(
+            [sys.executable, "-m", "edge_infer", "--model", str(path), str(ROOT / "examples" / "mnist-7.png")],
+            cwd=ROOT,
+            capture_output=True,
+            timeout=300,
+        )
         assert result.returncode == 2 and b"Traceback" not in result.stderr
         assert len(result.stderr.decode().strip().splitlines()) == 1
 
@@ -111,8 +137,10 @@ def test_foreign_ort_model_is_refused(tmp_path):
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    foreign = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
-                                opset_imports=[helper.make_opsetid("", 17)])
+    foreign = helper.make_model(
+        helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     foreign.ir_version = 8
     onnx.save(foreign, tmp_path / "foreign.onnx")
     ort_path, _ = formats.write_ort(tmp_path / "foreign.onnx")
@@ -121,6 +149,7 @@ def test_foreign_ort_model_is_refused(tmp_path):
 
 
 # --- static int8 (QDQ) ------------------------------------------------------------------------------
+
 
 def test_static_int8_is_qdq_with_int8_recurrent_weights(exported):
     _, paths, _ = exported
@@ -162,7 +191,7 @@ def test_static_int8_answers_do_not_depend_on_the_batch(exported, mnist_test):
     _, paths, _ = exported
     images = mnist_test[0][:64]
     batch = logits(paths["static"], images)
-    one_by_one = np.concatenate([logits(paths["static"], images[i:i + 1]) for i in range(0, 64, 16)])
+    one_by_one = np.concatenate([logits(paths["static"], images[i : i + 1]) for i in range(0, 64, 16)])
     np.testing.assert_allclose(batch[::16], one_by_one, atol=1e-6)
 
 
@@ -176,8 +205,9 @@ def test_calibration_uses_training_images_only(small_checkpoints, mnist, tmp_pat
         return real(images, *args, **kwargs)
 
     monkeypatch.setattr(formats, "calibration_rows", spy)
-    exporter.export(small_checkpoints["lstm"], tmp_path / "m.onnx", test, int8_static_out=tmp_path / "s.onnx",
-                    train=train)
+    exporter.export(
+        small_checkpoints["lstm"], tmp_path / "m.onnx", test, int8_static_out=tmp_path / "s.onnx", train=train
+    )
     assert len(seen) == 1 and np.shares_memory(seen[0], train.images.numpy())
     assert not np.shares_memory(seen[0], test.images.numpy())
     batches = real(train.images.numpy())
@@ -188,8 +218,14 @@ def test_failed_static_gate_writes_nothing(small_checkpoints, mnist, tmp_path, m
     train, test = mnist
     monkeypatch.setattr(formats, "STATIC_MAX_ACCURACY_DROP", -1.0)  # no model can pass this
     with pytest.raises(exporter.ExportError, match="static int8 MNIST test accuracy"):
-        exporter.export(small_checkpoints["gru"], tmp_path / "m.onnx", test, int8_static_out=tmp_path / "s.onnx",
-                        train=train, ort=True)
+        exporter.export(
+            small_checkpoints["gru"],
+            tmp_path / "m.onnx",
+            test,
+            int8_static_out=tmp_path / "s.onnx",
+            train=train,
+            ort=True,
+        )
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(exporter.ExportError, match="training images"):
         exporter.export(small_checkpoints["gru"], tmp_path / "m.onnx", test, int8_static_out=tmp_path / "s.onnx")

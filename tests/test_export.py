@@ -129,8 +129,12 @@ def test_auto_form_runs_the_small_batch_form_below_the_switch(cell, exported, sm
         assert (recurrent_op in branch["then_branch"]) == (small == "node")
         assert (recurrent_op in branch["else_branch"]) == (large == "node")
     meta = ModelInfo.from_metadata({p.key: p.value for p in fp32.metadata_props}).model
-    assert (meta["graph"], meta["small_batch_form"], meta["large_batch_form"], meta["large_from_batch"]) == \
-        ("auto", small, large, SWITCH_BATCH[cell])
+    assert (meta["graph"], meta["small_batch_form"], meta["large_batch_form"], meta["large_from_batch"]) == (
+        "auto",
+        small,
+        large,
+        SWITCH_BATCH[cell],
+    )
     sess = session(fp32)
     for batch in (1, SWITCH_BATCH[cell] - 1, SWITCH_BATCH[cell]):
         images = mnist[1].images[:batch].numpy()

@@ -1,5 +1,6 @@
 """Hostile and odd inputs: models that try to read files or hang, files that are not files, names that break
 output, photos too big to decode naively. Every hostile file is made here, by the test."""
+
 from __future__ import annotations
 
 import contextlib
@@ -42,6 +43,7 @@ def one_error_line(result: subprocess.CompletedProcess, code: int) -> str:
 
 # --- models -----------------------------------------------------------------------------------------
 
+
 def _bundled_onnx():
     onnx = pytest.importorskip("onnx")
     return onnx, onnx.load(str(bundled_model_path()))
@@ -60,8 +62,13 @@ def test_model_with_external_data_cannot_read_files_in_the_working_directory(tmp
     evil.write_bytes(model.SerializeToString())
     with pytest.raises(ModelError, match="external data"):
         Classifier(evil.read_bytes())
-    result = subprocess.run([sys.executable, "-m", "edge_infer", "--json", "--model", "evil.onnx", str(SEVEN)],
-                            cwd=tmp_path, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_infer", "--json", "--model", "evil.onnx", str(SEVEN)],
+        cwd=tmp_path,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
     assert "external data" in one_error_line(result, 2) and result.stdout == b""
 
 
@@ -77,19 +84,30 @@ def test_models_with_foreign_operators_are_refused_before_onnxruntime_runs_them(
 
     # 10 GB at run time from a shape held in the file
     _, model = _bundled_onnx()
-    big = _with_extra_node(model, helper.make_node("ConstantOfShape", ["huge_shape"], ["huge"]),
-                           numpy_helper.from_array(np.array([50_000, 50_000], np.int64), "huge_shape"))
+    big = _with_extra_node(
+        model,
+        helper.make_node("ConstantOfShape", ["huge_shape"], ["huge"]),
+        numpy_helper.from_array(np.array([50_000, 50_000], np.int64), "huge_shape"),
+    )
     with pytest.raises(ModelError, match="ConstantOfShape"):
         Classifier(big)
     # a Loop of 2^62 iterations
     _, model = _bundled_onnx()
-    body = helper.make_graph([helper.make_node("Identity", ["cond_in"], ["cond_out"])], "body",
-                             [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-                              helper.make_tensor_value_info("cond_in", TensorProto.BOOL, [])],
-                             [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, [])])
-    loop = _with_extra_node(model, helper.make_node("Loop", ["trips", "cond"], [], body=body),
-                            numpy_helper.from_array(np.array(2**62, np.int64), "trips"),
-                            numpy_helper.from_array(np.array(True), "cond"))
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, [])],
+    )
+    loop = _with_extra_node(
+        model,
+        helper.make_node("Loop", ["trips", "cond"], [], body=body),
+        numpy_helper.from_array(np.array(2**62, np.int64), "trips"),
+        numpy_helper.from_array(np.array(True), "cond"),
+    )
     with pytest.raises(ModelError, match="Loop"):
         Classifier(loop)
     (tmp_path / "loop.onnx").write_bytes(loop)
@@ -128,8 +146,12 @@ def test_model_paths_that_are_not_sane_files(tmp_path):
     with open(sparse, "wb") as f:
         f.truncate(3 * 2**30)  # 3 GB, sparse: no disk used
     started = time.monotonic()
-    for path, message in (("/dev/zero", "not a regular file"), (fifo, "not a regular file"),
-                          (sparse, "file too large"), (tmp_path, "is a directory")):
+    for path, message in (
+        ("/dev/zero", "not a regular file"),
+        (fifo, "not a regular file"),
+        (sparse, "file too large"),
+        (tmp_path, "is a directory"),
+    ):
         with pytest.raises(ModelError, match=message):
             Classifier(path)
         assert message in one_error_line(cli("--model", str(path), str(SEVEN)), 2)
@@ -194,6 +216,7 @@ def test_threads_are_capped_at_the_usable_cores():
 
 # --- files that are not (sane) image files -------------------------------------------------------------
 
+
 def test_fifo_device_symlink_and_sparse_file_in_a_directory(tmp_path):
     folder = tmp_path / "d"
     folder.mkdir()
@@ -221,8 +244,17 @@ def test_format_is_sniffed_and_only_documented_plugins_are_used(tmp_path):
     (tmp_path / "x.eps").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\n" + b"0 " * 100)
     digit = Image.open(SEVEN).convert("L")
     files = [tmp_path / "x.eps"]
-    for fmt, suffix in (("PNG", "png"), ("JPEG", "jpg"), ("GIF", "gif"), ("BMP", "bmp"), ("TIFF", "tif"),
-                        ("WEBP", "webp"), ("PPM", "pgm"), ("ICO", "ico"), ("TGA", "tga")):
+    for fmt, suffix in (
+        ("PNG", "png"),
+        ("JPEG", "jpg"),
+        ("GIF", "gif"),
+        ("BMP", "bmp"),
+        ("TIFF", "tif"),
+        ("WEBP", "webp"),
+        ("PPM", "pgm"),
+        ("ICO", "ico"),
+        ("TGA", "tga"),
+    ):
         files.append(tmp_path / f"d.{suffix}")
         digit.resize((64, 64)).save(files[-1], fmt)
     code = f"""
@@ -236,8 +268,14 @@ for path in {[str(f) for f in files]!r}:
         print("error", e)
 print(sorted(m for m in sys.modules if m.startswith("PIL.") and m.endswith("ImagePlugin")))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout.splitlines()
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    ).stdout.splitlines()
     assert out[0] == "error not an image (unrecognised format)"
     assert out[1:-1] == ["7"] * 9, out
     plugins = eval(out[-1])
@@ -269,13 +307,18 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 
 def test_zero_width_png_has_no_pixels():
     ihdr = struct.pack(">IIBBBBB", 0, 10, 8, 0, 0, 0, 0)
-    png = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"")) \
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b""))
         + _png_chunk(b"IEND", b"")
+    )
     with pytest.raises(ImageError, match="no pixels"):
         preprocess(png)
 
 
 # --- output that file names cannot break ----------------------------------------------------------------
+
 
 def test_tabs_newlines_and_non_utf8_in_file_names(tmp_path):
     names = [b"plain.png", b"tab\there.png", b"new\nline.png", b"caf\xe9.png"]
@@ -287,16 +330,24 @@ def test_tabs_newlines_and_non_utf8_in_file_names(tmp_path):
     assert len(lines) == 4 and all(len(line.split("\t")) == 3 and line.split("\t")[1] == "7" for line in lines)
     shown = {Path(line.split("\t")[0]).name for line in lines}
     assert shown == {"plain.png", "tab\\there.png", "new\\nline.png", "caf\\xe9.png"}
-    records = [json.loads(line) for line in cli("--json", str(tmp_path), env={"PYTHONIOENCODING": "utf-8"})
-               .stdout.decode("utf-8").splitlines()]
+    records = [
+        json.loads(line)
+        for line in cli("--json", str(tmp_path), env={"PYTHONIOENCODING": "utf-8"}).stdout.decode("utf-8").splitlines()
+    ]
     assert len(records) == 4 and {r["label"] for r in records} == {7}
 
 
 # --- PIL image objects ------------------------------------------------------------------------------------
 
-INVERSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
-           8: Image.Transpose.ROTATE_270}
+INVERSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -342,6 +393,7 @@ def test_premultiplied_modes_are_handled(classifier):
 
 # --- big phone photos --------------------------------------------------------------------------------------
 
+
 def _photo(size: tuple[int, int], path: Path) -> Path:
     digit = Image.open(SEVEN).convert("L").resize((size[1] // 2, size[1] // 2))
     page = Image.new("L", size, 255)
@@ -362,6 +414,7 @@ def test_48_and_108_megapixel_jpegs_are_decoded_at_reduced_scale(tmp_path, class
 
 
 # --- the one library call the CLI uses -----------------------------------------------------------------------
+
 
 class CountingSession:
     def __init__(self, session):
@@ -387,13 +440,19 @@ def test_predict_many_returns_errors_in_place_with_one_run(tmp_path):
 
 
 def test_option_errors_are_one_line_exit_2():
-    for args in (["--top-k", "0", "x.png"], ["--nonsense", "x.png"], ["--threads", "zero", "x.png"],
-                 ["--min-confidence", "2", "x.png"], []):
+    for args in (
+        ["--top-k", "0", "x.png"],
+        ["--nonsense", "x.png"],
+        ["--threads", "zero", "x.png"],
+        ["--min-confidence", "2", "x.png"],
+        [],
+    ):
         line = one_error_line(cli(*args), 2)
         assert line.startswith("edge-infer: error: "), line
 
 
 # --- not sure --------------------------------------------------------------------------------------------
+
 
 def test_min_confidence_says_not_sure_and_keeps_the_guess(tmp_path, mnist_test):
     images = mnist_test[0][:300]
@@ -457,8 +516,18 @@ FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check
 def _seeds() -> list[bytes]:
     digit = Image.open(SEVEN).convert("L").resize((48, 48))
     out = []
-    for fmt, mode in (("PNG", "L"), ("PNG", "RGBA"), ("JPEG", "RGB"), ("GIF", "P"), ("BMP", "RGB"), ("TIFF", "L"),
-                      ("WEBP", "RGB"), ("PPM", "L"), ("ICO", "RGBA"), ("TGA", "L")):
+    for fmt, mode in (
+        ("PNG", "L"),
+        ("PNG", "RGBA"),
+        ("JPEG", "RGB"),
+        ("GIF", "P"),
+        ("BMP", "RGB"),
+        ("TIFF", "L"),
+        ("WEBP", "RGB"),
+        ("PPM", "L"),
+        ("ICO", "RGBA"),
+        ("TGA", "L"),
+    ):
         buffer = io.BytesIO()
         digit.convert(mode).save(buffer, fmt)
         out.append(buffer.getvalue())
@@ -486,7 +555,7 @@ def mutated_images(draw) -> bytes:
         position = draw(st.integers(0, len(data) - 1))
         data[position] = draw(st.integers(0, 255))
     if draw(st.booleans()):  # cut
-        data = data[:draw(st.integers(0, len(data)))]
+        data = data[: draw(st.integers(0, len(data)))]
     if draw(st.booleans()):  # splice random bytes in
         position = draw(st.integers(0, len(data)))
         data[position:position] = draw(st.binary(max_size=64))
@@ -500,18 +569,26 @@ def test_fuzz_image_bytes(classifier, data):
 
 
 @FUZZ
-@given(st.one_of(
-    hnp.arrays(st.sampled_from([np.uint8, np.uint16, np.int32, np.int64, np.float32, np.float64, np.float16, bool,
-                                np.complex64]),
-               st.one_of(hnp.array_shapes(min_dims=2, max_dims=2, min_side=0, max_side=48),
-                         st.tuples(st.integers(0, 40), st.integers(0, 40), st.sampled_from([1, 2, 3, 4, 5])),
-                         hnp.array_shapes(min_dims=0, max_dims=4, max_side=6))),
-))
+@given(
+    st.one_of(
+        hnp.arrays(
+            st.sampled_from(
+                [np.uint8, np.uint16, np.int32, np.int64, np.float32, np.float64, np.float16, bool, np.complex64]
+            ),
+            st.one_of(
+                hnp.array_shapes(min_dims=2, max_dims=2, min_side=0, max_side=48),
+                st.tuples(st.integers(0, 40), st.integers(0, 40), st.sampled_from([1, 2, 3, 4, 5])),
+                hnp.array_shapes(min_dims=0, max_dims=4, max_side=6),
+            ),
+        ),
+    )
+)
 def test_fuzz_arrays(classifier, array):
     _classify_within_limit(classifier, array)
 
 
 # --- decoding memory near the pixel limit -------------------------------------------------------------------
+
 
 def test_shrinking_in_bands_equals_shrinking_whole():
     from edge_infer.preprocess import WORK_SIZE, _shrink
@@ -525,13 +602,23 @@ def test_shrinking_in_bands_equals_shrinking_whole():
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
 def test_a_40_megapixel_png_is_shrunk_without_full_size_copies(tmp_path):
-    side = int(MAX_PIXELS ** 0.5) - 10
+    side = int(MAX_PIXELS**0.5) - 10
     Image.new("RGBA", (side, side)).save(tmp_path / "big.png")  # ~160 KB on disk, 160 MB decoded
     # VmHWM, this process's own peak (ru_maxrss would carry over pytest's own, the parent of the exec)
-    code = ("import re, sys; from edge_infer import preprocess; preprocess(sys.argv[1]); "
-            "print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) * 1024)")
-    peak = int(subprocess.run([sys.executable, "-c", code, str(tmp_path / "big.png")], capture_output=True,
-                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True, timeout=120).stdout)
+    code = (
+        "import re, sys; from edge_infer import preprocess; preprocess(sys.argv[1]); "
+        "print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) * 1024)"
+    )
+    peak = int(
+        subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / "big.png")],
+            capture_output=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            check=True,
+            timeout=120,
+        ).stdout
+    )
     assert peak < 300 * 2**20, f"{peak / 2**20:.0f} MiB"  # the decoded image is 160 MB; a full copy made 360
 
 

@@ -1,4 +1,5 @@
 """edge_infer.number: whole numbers read from real files, made of real MNIST test digits and rendered fonts."""
+
 from __future__ import annotations
 
 import json
@@ -44,6 +45,7 @@ def read_files(classifier, tmp_path, numbers) -> list[NumberReading]:
 
 # --- accuracy on real handwriting and print ------------------------------------------------------
 
+
 def test_mnist_numbers_apart(classifier, mnist_test, tmp_path):
     """5 MNIST test digits, apart, on paper / white / transparent (benchmark: ~92 % whole strings, 0 % wrong
     count, per digit as the model alone)."""
@@ -51,8 +53,8 @@ def test_mnist_numbers_apart(classifier, mnist_test, tmp_path):
     rng = np.random.default_rng(10)
     numbers = [mnist_number(images, labels, rng, background=BACKGROUNDS[i % 3]) for i in range(45)]
     readings = read_files(classifier, tmp_path, numbers)
-    whole = np.mean([n.text == r.text for n, r in zip(numbers, readings)])
-    wrong_count = np.mean([len(n.text) != len(r.text) for n, r in zip(numbers, readings)])
+    whole = np.mean([n.text == r.text for n, r in zip(numbers, readings, strict=False)])
+    wrong_count = np.mean([len(n.text) != len(r.text) for n, r in zip(numbers, readings, strict=False)])
     assert whole >= 0.8, whole
     assert wrong_count <= 0.05, wrong_count
 
@@ -61,11 +63,13 @@ def test_mnist_numbers_some_touching(classifier, mnist_test, tmp_path):
     """A fifth of neighbour pairs touching: split along the thinnest place (benchmark: ~65 % whole strings)."""
     images, labels = mnist_test
     rng = np.random.default_rng(11)
-    numbers = [mnist_number(images, labels, rng, spacing="touching", share=0.2, background=BACKGROUNDS[i % 3])
-               for i in range(45)]
+    numbers = [
+        mnist_number(images, labels, rng, spacing="touching", share=0.2, background=BACKGROUNDS[i % 3])
+        for i in range(45)
+    ]
     readings = read_files(classifier, tmp_path, numbers)
     assert sum(s == "touching" for n in numbers for s in n.spacings) >= 20
-    whole = np.mean([n.text == r.text for n, r in zip(numbers, readings)])
+    whole = np.mean([n.text == r.text for n, r in zip(numbers, readings, strict=False)])
     assert whole >= 0.45, whole
 
 
@@ -76,7 +80,7 @@ def test_every_touching_pair_of_two(classifier, mnist_test):
     numbers = [mnist_number(images, labels, rng, length=2, spacing="touching") for _ in range(30)]
     readings = classifier.read_numbers([n.image for n in numbers])
     assert np.mean([len(r.text) == 2 for r in readings]) >= 0.6
-    assert np.mean([n.text == r.text for n, r in zip(numbers, readings)]) >= 0.5
+    assert np.mean([n.text == r.text for n, r in zip(numbers, readings, strict=False)]) >= 0.5
 
 
 def test_printed_numbers_in_every_font(classifier, tmp_path):
@@ -84,13 +88,22 @@ def test_printed_numbers_in_every_font(classifier, tmp_path):
     if not fonts:
         pytest.skip("no DejaVu fonts here")
     rng = np.random.default_rng(13)
-    numbers = [font_number("".join(map(str, rng.integers(0, 10, 6))), font, rng, size=int(rng.integers(30, 80)),
-                           background=BACKGROUNDS[i % 3]) for i, font in enumerate(fonts)]
+    numbers = [
+        font_number(
+            "".join(map(str, rng.integers(0, 10, 6))),
+            font,
+            rng,
+            size=int(rng.integers(30, 80)),
+            background=BACKGROUNDS[i % 3],
+        )
+        for i, font in enumerate(fonts)
+    ]
     readings = read_files(classifier, tmp_path, numbers)
-    assert np.mean([n.text == r.text for n, r in zip(numbers, readings)]) >= 0.75
+    assert np.mean([n.text == r.text for n, r in zip(numbers, readings, strict=False)]) >= 0.75
 
 
 # --- boxes, order, sizes -------------------------------------------------------------------------
+
 
 def test_boxes_follow_the_digits_in_a_big_rotated_jpeg(classifier, mnist_test, tmp_path):
     """Boxes are in the input's pixels after EXIF orientation, although load_image works on <= 512 px."""
@@ -106,7 +119,7 @@ def test_boxes_follow_the_digits_in_a_big_rotated_jpeg(classifier, mnist_test, t
     assert reading.text == number.text
     boxes = [d.box for d in reading.digits]
     assert [b[0] for b in boxes] == sorted(b[0] for b in boxes)  # left to right
-    for truth, box in zip(number.boxes, boxes):
+    for truth, box in zip(number.boxes, boxes, strict=False):
         assert iou(truth, box) >= 0.75, (truth, box)
         assert 0 <= box[0] < box[2] <= number.image.width and 0 <= box[1] < box[3] <= number.image.height
 
@@ -148,9 +161,13 @@ def test_confidence_is_the_product_and_digits_are_predictions(classifier):
 
 # --- edge cases ----------------------------------------------------------------------------------
 
+
 def test_no_ink_reads_as_empty(classifier):
-    for image in (Image.new("L", (300, 100), 255), Image.new("RGBA", (50, 50), (0, 0, 0, 0)),
-                  np.zeros((28, 28), np.uint8)):
+    for image in (
+        Image.new("L", (300, 100), 255),
+        Image.new("RGBA", (50, 50), (0, 0, 0, 0)),
+        np.zeros((28, 28), np.uint8),
+    ):
         assert classifier.read_number(image) == NumberReading("", 0.0, ())
 
 
@@ -194,6 +211,7 @@ def test_bad_input_raises_or_is_returned(classifier, tmp_path):
 
 
 # --- the CLI -------------------------------------------------------------------------------------
+
 
 def test_cli_reads_the_number_examples():
     assert len(NUMBER_EXAMPLES) == 3

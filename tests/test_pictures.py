@@ -1,5 +1,6 @@
 """Pictures: the network graph (pure-Python ONNX reader), what the model saw (--save-input / explain),
 where it errs (report.png and the numbers it is drawn from), the progress bar, and training's outputs."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,14 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.png"))
 
 
 def cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge_infer", *args], cwd=ROOT, capture_output=True,
-                          env={**os.environ, **(env or {})}, timeout=300, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "edge_infer", *args],
+        cwd=ROOT,
+        capture_output=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+        **kwargs,
+    )
 
 
 def ops(summary, indices) -> list[str]:
@@ -35,6 +42,7 @@ def ops(summary, indices) -> list[str]:
 
 
 # --- the ONNX reader --------------------------------------------------------------------------------
+
 
 def _built_models():
     torch = pytest.importorskip("torch")
@@ -44,8 +52,9 @@ def _built_models():
     torch.manual_seed(0)
     for cell in ("rnn", "gru", "lstm"):
         for layers in (1, 2):
-            weights = {k: v.numpy() for k, v in DigitRNN(ModelConfig(cell, 12, layers), batch_first=False)
-                       .state_dict().items()}
+            weights = {
+                k: v.numpy() for k, v in DigitRNN(ModelConfig(cell, 12, layers), batch_first=False).state_dict().items()
+            }
             for form, gemm in (("per-step", True), ("hoisted", True), ("node", True), ("per-step", False)):
                 yield (cell, layers, form, gemm), build_model(weights, cell, 12, layers, form=form, gemm=gemm)
 
@@ -57,13 +66,16 @@ def test_reader_agrees_with_the_onnx_package():
     for model in models:
         ours = read_model(model.SerializeToString())
         g = model.graph
-        assert [(n.op_type, tuple(n.input), tuple(n.output), n.name) for n in g.node] == \
-               [(n.op_type, n.inputs, n.outputs, n.name) for n in ours.nodes]
-        assert {t.name: (tuple(t.dims), onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name)
-                for t in g.initializer} == {t.name: (t.dims, t.data_type) for t in ours.initializers.values()}
+        assert [(n.op_type, tuple(n.input), tuple(n.output), n.name) for n in g.node] == [
+            (n.op_type, n.inputs, n.outputs, n.name) for n in ours.nodes
+        ]
+        assert {
+            t.name: (tuple(t.dims), onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name) for t in g.initializer
+        } == {t.name: (t.dims, t.data_type) for t in ours.initializers.values()}
         for theirs, mine in ((g.input, ours.inputs), (g.output, ours.outputs)):
-            assert [(v.name, tuple(d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim))
-                    for v in theirs] == [(v.name, v.shape) for v in mine]
+            assert [
+                (v.name, tuple(d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim)) for v in theirs
+            ] == [(v.name, v.shape) for v in mine]
         assert ours.ir_version == model.ir_version and ours.opsets == {o.domain: o.version for o in model.opset_import}
         assert ours.metadata == {p.key: p.value for p in model.metadata_props}
         assert not ours.uses_external_data
@@ -72,8 +84,14 @@ def test_reader_agrees_with_the_onnx_package():
 def test_reader_sees_external_data_and_refuses_garbage(tmp_path):
     onnx = pytest.importorskip("onnx")
     model = onnx.load(bundled_model_path(False))
-    onnx.save(model, tmp_path / "ext.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
-              location="weights.bin", size_threshold=0)
+    onnx.save(
+        model,
+        tmp_path / "ext.onnx",
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
     external = read_model((tmp_path / "ext.onnx").read_bytes())
     blob = bundled_model_path(False).read_bytes()
     inline = read_model(blob)
@@ -87,6 +105,7 @@ def test_reader_sees_external_data_and_refuses_garbage(tmp_path):
 
 
 # --- the graph picture ------------------------------------------------------------------------------
+
 
 def test_every_form_collapses_to_28_steps_per_layer():
     for (cell, layers, form, gemm), model in _built_models():
@@ -131,8 +150,13 @@ def test_graph_of_the_bundled_models_without_training_extras(tmp_path):
     int8 = read_model(bundled_model_path(True).read_bytes())
     recurrent = next(name for name, w in int8.initializers.items() if name.startswith("Wh") and len(w.dims) == 2)
     dims = "×".join(map(str, int8.initializers[recurrent].dims))
-    for text in ("× 28", "MatMulInteger  [integer]", "DynamicQuantizeLinear  [integer]", f"{recurrent}: {dims} int8",
-                 "(int8)"):
+    for text in (
+        "× 28",
+        "MatMulInteger  [integer]",
+        "DynamicQuantizeLinear  [integer]",
+        f"{recurrent}: {dims} int8",
+        "(int8)",
+    ):
         assert text in int8_svg, text
     assert "[integer]" not in svg
     with Image.open(tmp_path / "int8.png") as png:
@@ -169,9 +193,21 @@ def test_edge_export_draws_both_graphs_and_prints_int8_changes(small_checkpoints
 
     from export.cli import main as edge_export
 
-    result = CliRunner().invoke(edge_export, [str(small_checkpoints["rnn"]), "--out", str(tmp_path / "m.onnx"),
-                                              "--int8", str(tmp_path / "m8.onnx"), "--data-dir", str(data_root),
-                                              "--no-download", "--graph", str(tmp_path / "g.svg")])
+    result = CliRunner().invoke(
+        edge_export,
+        [
+            str(small_checkpoints["rnn"]),
+            "--out",
+            str(tmp_path / "m.onnx"),
+            "--int8",
+            str(tmp_path / "m8.onnx"),
+            "--data-dir",
+            str(data_root),
+            "--no-download",
+            "--graph",
+            str(tmp_path / "g.svg"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "int8 vs fp32:" in result.output and "graph: " in result.output
     fp32_svg, int8_svg = (tmp_path / "g.svg").read_text(), (tmp_path / "g-int8.svg").read_text()
@@ -195,6 +231,7 @@ def _predictions(model: Path, data_root: Path) -> np.ndarray:
 
 
 # --- what the model saw -----------------------------------------------------------------------------
+
 
 def test_save_input_middle_panel_is_exactly_the_model_input(tmp_path):
     out = tmp_path / "seen"
@@ -253,6 +290,7 @@ def _png(array: np.ndarray) -> bytes:
 
 # --- progress bar -----------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def many_pngs(tmp_path_factory, mnist_test) -> Path:
     folder = tmp_path_factory.mktemp("many")
@@ -264,8 +302,9 @@ def many_pngs(tmp_path_factory, mnist_test) -> Path:
 def _run_with_terminal_stderr(*args: str) -> tuple[int, bytes, str]:
     """edge-infer with stderr on a pseudo-terminal (as in an interactive shell); stdout on a pipe."""
     master, slave = pty.openpty()
-    process = subprocess.Popen([sys.executable, "-m", "edge_infer", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=slave)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge_infer", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=slave
+    )
     os.close(slave)
     chunks = []
     while True:
@@ -297,6 +336,7 @@ def test_progress_bar_only_on_a_terminal(many_pngs):
 
 # --- training: model.txt, report.png, the header ----------------------------------------------------
 
+
 def test_report_counts_add_up_to_the_test_set(small_checkpoints, data_root, mnist, tmp_path):
     torch = pytest.importorskip("torch")
     from click.testing import CliRunner
@@ -307,8 +347,9 @@ def test_report_counts_add_up_to_the_test_set(small_checkpoints, data_root, mnis
     run = tmp_path / "run"
     run.mkdir()
     (run / "checkpoint.pt").write_bytes(small_checkpoints["rnn"].read_bytes())
-    result = CliRunner().invoke(edge_train, ["--report", "--out", str(run), "--data-dir", str(data_root),
-                                             "--no-download"])
+    result = CliRunner().invoke(
+        edge_train, ["--report", "--out", str(run), "--data-dir", str(data_root), "--no-download"]
+    )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "report.json", "report.png"]  # no retraining
     report = json.loads((run / "report.json").read_text())
@@ -347,8 +388,23 @@ def test_edge_train_writes_model_txt_report_and_a_readable_header(tmp_path, data
     from train.cli import main as edge_train
 
     out = tmp_path / "run"
-    result = CliRunner().invoke(edge_train, ["--limit-train", "600", "--epochs", "1", "--hidden", "16", "--data-dir",
-                                             str(data_root), "--no-download", "--no-augment", "--out", str(out)])
+    result = CliRunner().invoke(
+        edge_train,
+        [
+            "--limit-train",
+            "600",
+            "--epochs",
+            "1",
+            "--hidden",
+            "16",
+            "--data-dir",
+            str(data_root),
+            "--no-download",
+            "--no-augment",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert {"model.txt", "report.png", "report.json", "curves.png"} <= {p.name for p in out.iterdir()}
     summary = (out / "model.txt").read_text()
@@ -377,8 +433,13 @@ def test_recipe_text_shows_only_what_applies():
 
 def test_readme_pictures_are_what_the_script_makes(tmp_path):
     """docs/ holds what `python examples/make_pictures.py` makes from the bundled models today."""
-    result = subprocess.run([sys.executable, str(ROOT / "examples" / "make_pictures.py"), "--out", str(tmp_path)],
-                            cwd=ROOT, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "make_pictures.py"), "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr.decode()
     docs = ROOT / "docs"
     for name in ("graph.svg", "graph-int8.svg"):

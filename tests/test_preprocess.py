@@ -203,7 +203,6 @@ def test_dotted_or_skipping_pen_is_one_digit(spacing):
     assert rows.size == 20 and cols.size <= 6  # fits the 20 px box by its height, narrow like a 1
 
 
-
 @pytest.mark.parametrize("width", [1, 2])
 def test_thin_pen_strokes_are_thickened(width):
     img = Image.new("L", (600, 600), 255)

@@ -1,5 +1,6 @@
 """Training for the real world: the synthetic pool, calibration folded into the export, and the bundled
 model on real-world digits it never saw (the sets of benchmarks/realworld.py)."""
+
 from __future__ import annotations
 
 import sys
@@ -89,8 +90,12 @@ def realworld_sets(mnist_test):
     import realworld
 
     images, labels = mnist_test
-    return {"uci-writers": realworld.uci_writers(), "fonts": realworld.fonts(quick=True),
-            "tablet": realworld.tablet(images, labels, 300), "postal": realworld.postal(images, labels, 300)}
+    return {
+        "uci-writers": realworld.uci_writers(),
+        "fonts": realworld.fonts(quick=True),
+        "tablet": realworld.tablet(images, labels, 300),
+        "postal": realworld.postal(images, labels, 300),
+    }
 
 
 # Held-out sets (never trained or tuned on): the bundled models' floors, a few points under what

@@ -89,8 +89,14 @@ def test_seed_preset_is_the_notebook_recipe(tmp_path, data_root):
 @pytest.mark.slow
 def test_short_run_learns_and_writes_its_files(reference_run):
     out = reference_run
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "curves.png", "history.json", "model.txt",
-                                                     "report.json", "report.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.pt",
+        "curves.png",
+        "history.json",
+        "model.txt",
+        "report.json",
+        "report.png",
+    ]
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     history = json.loads((out / "history.json").read_text())
     # Held-out accuracy on all 10,000 test images, far above chance (10 %).

@@ -1,6 +1,7 @@
 """edge-train / edge-export under faults: kills, Ctrl-C, malformed checkpoints, full disks, read-only or offline
 places, bad options and NaN weights. Each reproduces the fault for real (signals, resource limits, another
 user id, an unreachable proxy) and asserts one true line, the right exit code and nothing lost."""
+
 from __future__ import annotations
 
 import io
@@ -31,8 +32,14 @@ from train.trainer import PRESETS, RESUME_KEYS, Trainer, load_checkpoint  # noqa
 from .conftest import ROOT, train_small  # noqa: E402
 
 TINY = ["--limit-train", "600", "--hidden", "8", "--no-download", "--quiet"]
-OFFLINE = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
-           "http_proxy": "http://127.0.0.1:9", "NO_PROXY": "", "no_proxy": ""}  # every download: connection refused
+OFFLINE = {
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "https_proxy": "http://127.0.0.1:9",
+    "http_proxy": "http://127.0.0.1:9",
+    "NO_PROXY": "",
+    "no_proxy": "",
+}  # every download: connection refused
 
 
 def child_env(**extra: str) -> dict:
@@ -61,24 +68,36 @@ def names_position(message: str, path: Path) -> bool:
 
 # -- the checkpoint and the history are one unit ---------------------------------------------------------------
 
+
 def test_history_is_rewritten_from_the_checkpoint_on_resume(tmp_path, data_root):
     """Killed between renaming checkpoint.pt and history.json: the checkpoint holds 2 epochs, the history 1.
     --resume (nothing left to train) puts history.json right instead of saying 'done' over it."""
     out = tmp_path / "run"
-    assert CliRunner().invoke(edge_train, [*TINY, "--epochs", "2", "--data-dir", str(data_root), "--out",
-                                           str(out)]).exit_code == 0
+    assert (
+        CliRunner()
+        .invoke(edge_train, [*TINY, "--epochs", "2", "--data-dir", str(data_root), "--out", str(out)])
+        .exit_code
+        == 0
+    )
     full = json.loads((out / "history.json").read_text())
     (out / "history.json").write_text(json.dumps(full[:1]))  # the file state such a kill leaves
     result = CliRunner().invoke(edge_train, ["--resume", "--out", str(out), "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert json.loads((out / "history.json").read_text()) == full == load_checkpoint(out / "checkpoint.pt")[
-        "progress"]["history"]
+    assert (
+        json.loads((out / "history.json").read_text())
+        == full
+        == load_checkpoint(out / "checkpoint.pt")["progress"]["history"]
+    )
 
 
 def test_temporaries_of_a_killed_run_are_removed_at_start(tmp_path, data_root):
     out = tmp_path / "run"
-    assert CliRunner().invoke(edge_train, [*TINY, "--epochs", "1", "--data-dir", str(data_root), "--out",
-                                           str(out)]).exit_code == 0
+    assert (
+        CliRunner()
+        .invoke(edge_train, [*TINY, "--epochs", "1", "--data-dir", str(data_root), "--out", str(out)])
+        .exit_code
+        == 0
+    )
     leftovers = [out / ".checkpoint.pt.k3j2x9_a", out / ".history.json.0f8s_d1q", out / ".curves.png.zz81nq0w"]
     for path in leftovers:
         path.write_bytes(b"half-written")
@@ -90,6 +109,7 @@ def test_temporaries_of_a_killed_run_are_removed_at_start(tmp_path, data_root):
 
 
 # -- every message about what was saved is true ----------------------------------------------------------------
+
 
 def test_second_ctrl_c_during_the_save_does_not_claim_a_save(tmp_path, data_root, monkeypatch):
     """A first Ctrl-C mid-epoch (a real SIGINT), a second one while the interrupt checkpoint is written: the
@@ -118,9 +138,24 @@ def test_second_ctrl_c_during_the_save_does_not_claim_a_save(tmp_path, data_root
     monkeypatch.setattr(torch, "save", save_with_second_ctrl_c)
     watcher = threading.Thread(target=first_ctrl_c_after_epoch_1, daemon=True)
     watcher.start()
-    result = CliRunner().invoke(edge_train, ["--limit-train", "6000", "--hidden", "16", "--epochs", "40",
-                                             "--no-download", "--quiet", "--data-dir", str(data_root), "--out",
-                                             str(out)], catch_exceptions=False)
+    result = CliRunner().invoke(
+        edge_train,
+        [
+            "--limit-train",
+            "6000",
+            "--hidden",
+            "16",
+            "--epochs",
+            "40",
+            "--no-download",
+            "--quiet",
+            "--data-dir",
+            str(data_root),
+            "--out",
+            str(out),
+        ],
+        catch_exceptions=False,
+    )
     watcher.join()
     message = one_line(result.output)
     assert result.exit_code == 130, message
@@ -133,9 +168,30 @@ def test_ctrl_c_message_names_the_saved_batch_and_its_resume_hint_works_offline(
     """The Ctrl-C line names the batch in the checkpoint on disk, and its `continue with:` command works
     exactly as printed, from another directory, with no network (the checkpoint remembers --data-dir)."""
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "train", "--limit-train", "6000", "--hidden", "16", "--epochs", "3",
-                             "--no-download", "--quiet", "--data-dir", str(data_root), "--out", str(out)], cwd=ROOT,
-                            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "train",
+            "--limit-train",
+            "6000",
+            "--hidden",
+            "16",
+            "--epochs",
+            "3",
+            "--no-download",
+            "--quiet",
+            "--data-dir",
+            str(data_root),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (out / "history.json").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -150,17 +206,39 @@ def test_ctrl_c_message_names_the_saved_batch_and_its_resume_hint_works_offline(
     assert command[:2] == ["edge-train", "--resume"]
     elsewhere = tmp_path / "elsewhere"  # no ./data here, and downloads are refused
     elsewhere.mkdir()
-    resumed = subprocess.run([sys.executable, "-m", "train", *command[1:]], cwd=elsewhere,
-                             env=child_env(**OFFLINE), capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "train", *command[1:]],
+        cwd=elsewhere,
+        env=child_env(**OFFLINE),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert len(json.loads((out / "history.json").read_text())) == 3
 
 
 def test_ctrl_c_during_start_up_is_one_line(tmp_path, data_root):
     """SIGINT while edge-train is still importing torch: one line and exit 130, no traceback."""
-    proc = subprocess.Popen([sys.executable, "-m", "train", *TINY, "--epochs", "1", "--data-dir", str(data_root),
-                             "--out", str(tmp_path / "run")], cwd=ROOT, env=child_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "train",
+            *TINY,
+            "--epochs",
+            "1",
+            "--data-dir",
+            str(data_root),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        cwd=ROOT,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     maps = Path(f"/proc/{proc.pid}/maps")
     if not maps.exists():
         proc.kill()
@@ -177,6 +255,7 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path, data_root):
 
 # -- malformed checkpoints and full disks ----------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def mid_run_checkpoint(tmp_path_factory, mnist) -> Path:
     """A real checkpoint of the default recipe after epoch 1 of 2 (so that --resume has work to do)."""
@@ -185,8 +264,15 @@ def mid_run_checkpoint(tmp_path_factory, mnist) -> Path:
     def stop_after_epoch_1(line: str) -> None:
         raise KeyboardInterrupt  # called once epoch 1 is saved
 
-    trainer = Trainer(out, ModelConfig("rnn", 8, 1), replace(PRESETS["default"], epochs=2), mnist[0].head(600),
-                      mnist[1], progress_bar=False, log=stop_after_epoch_1)
+    trainer = Trainer(
+        out,
+        ModelConfig("rnn", 8, 1),
+        replace(PRESETS["default"], epochs=2),
+        mnist[0].head(600),
+        mnist[1],
+        progress_bar=False,
+        log=stop_after_epoch_1,
+    )
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     return out / "checkpoint.pt"
@@ -201,6 +287,7 @@ def _set(path: tuple, value):
             del target[path[-1]]
         else:
             target[path[-1]] = value(target.get(path[-1])) if callable(value) else value
+
     return mutate
 
 
@@ -229,8 +316,10 @@ MALFORMED = {
     "progress epoch without history": (_set(("progress", "epoch"), 5), "history"),
     "progress history not a list": (_set(("progress", "history"), "none"), "history"),
     "progress history record damaged": (_set(("progress", "history"), [{"epoch": 1}]), "history"),
-    "progress generator_state damaged": (_set(("progress", "generator_state"), torch.zeros(3, dtype=torch.uint8)),
-                                         "generator_state"),
+    "progress generator_state damaged": (
+        _set(("progress", "generator_state"), torch.zeros(3, dtype=torch.uint8)),
+        "generator_state",
+    ),
     "progress seen wrong": (_set(("progress", "seen"), 7), "progress"),
 }
 
@@ -259,8 +348,11 @@ def test_resume_refuses_a_malformed_checkpoint_in_one_line(case, mid_run_checkpo
 def test_edge_train_resume_of_a_malformed_checkpoint_is_one_line_exit_2(case, mid_run_checkpoint, data_root, tmp_path):
     run, named = malformed_run(case, mid_run_checkpoint, tmp_path)
     before = (run / "checkpoint.pt").read_bytes()
-    result = CliRunner().invoke(edge_train, ["--resume", "--out", str(run), "--data-dir", str(data_root),
-                                             "--no-download", "--quiet"], catch_exceptions=False)
+    result = CliRunner().invoke(
+        edge_train,
+        ["--resume", "--out", str(run), "--data-dir", str(data_root), "--no-download", "--quiet"],
+        catch_exceptions=False,
+    )
     line = one_line(result.output)
     assert result.exit_code == 2 and line.startswith("edge-train: error:") and named in line, line
     assert (run / "checkpoint.pt").read_bytes() == before  # nothing lost
@@ -270,6 +362,7 @@ def _limit_file_size(limit: int):
     def preexec() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return preexec
 
 
@@ -277,9 +370,15 @@ def test_full_disk_during_a_checkpoint_write_is_one_line(tmp_path, data_root):
     """The disk fills up (here: a file-size limit, so writes fail as on a full disk) while the first
     checkpoint is written: one line, exit 1, no half-written file or temporary left."""
     out = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "train", *TINY, "--epochs", "1", "--data-dir", str(data_root),
-                             "--out", str(out)], cwd=ROOT, env=child_env(), capture_output=True, text=True,
-                            timeout=300, preexec_fn=_limit_file_size(8192))
+    result = subprocess.run(
+        [sys.executable, "-m", "train", *TINY, "--epochs", "1", "--data-dir", str(data_root), "--out", str(out)],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=_limit_file_size(8192),
+    )
     line = one_line(result.stderr)
     assert result.returncode == 1, line
     assert line.startswith("edge-train: error: cannot write to") and "no checkpoint was saved" in line, line
@@ -303,9 +402,15 @@ def test_read_only_out_fails_before_training(tmp_path, data_root):
     out.mkdir()
     os.chmod(out, 0o555)
     try:
-        result = subprocess.run([sys.executable, "-m", "train", *TINY, "--epochs", "3", "--data-dir", str(data_root),
-                                 "--out", str(out)], cwd=ROOT, env=child_env(), capture_output=True, text=True,
-                                timeout=300, preexec_fn=_without_root_override if os.geteuid() == 0 else None)
+        result = subprocess.run(
+            [sys.executable, "-m", "train", *TINY, "--epochs", "3", "--data-dir", str(data_root), "--out", str(out)],
+            cwd=ROOT,
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            preexec_fn=_without_root_override if os.geteuid() == 0 else None,
+        )
         line = one_line(result.stderr)
         assert result.returncode == 2 and "cannot write to the run directory" in line, line
         assert list(out.iterdir()) == []
@@ -314,6 +419,7 @@ def test_read_only_out_fails_before_training(tmp_path, data_root):
 
 
 # -- where MNIST is, and when it cannot be fetched -------------------------------------------------------------
+
 
 @pytest.mark.parametrize("where", ["root", "MNIST", "MNIST/raw"])
 def test_data_dir_may_name_the_folder_holding_the_files(where, data_root, mnist):
@@ -331,9 +437,14 @@ def test_data_dir_without_mnist_names_what_to_do(tmp_path):
 
 def test_failed_download_is_one_whole_line_and_leaves_no_folders(tmp_path):
     data = tmp_path / "fresh"
-    result = subprocess.run([sys.executable, "-m", "train", "--data-dir", str(data), "--out", str(tmp_path / "run"),
-                             "--quiet"], cwd=ROOT, env=child_env(**OFFLINE), capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "train", "--data-dir", str(data), "--out", str(tmp_path / "run"), "--quiet"],
+        cwd=ROOT,
+        env=child_env(**OFFLINE),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     line = one_line(result.stderr)
     assert result.returncode == 2, line
     assert line.startswith(f"edge-train: error: could not download MNIST into {data / 'MNIST' / 'raw'} (")
@@ -345,11 +456,19 @@ def test_failed_download_is_one_whole_line_and_leaves_no_folders(tmp_path):
 
 # -- options, export ordering, NaN -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("command, args", [
-    (edge_train, ["--hiden", "3"]), (edge_train, ["--hidden", "x"]), (edge_train, ["--threads", "100000"]),
-    (edge_train, ["--cell", "transformer"]), (edge_export, []), (edge_export, ["a.pt"]),
-    (edge_export, ["a.pt", "--out", "a.onnx", "--opset", "99"]),
-])
+
+@pytest.mark.parametrize(
+    "command, args",
+    [
+        (edge_train, ["--hiden", "3"]),
+        (edge_train, ["--hidden", "x"]),
+        (edge_train, ["--threads", "100000"]),
+        (edge_train, ["--cell", "transformer"]),
+        (edge_export, []),
+        (edge_export, ["a.pt"]),
+        (edge_export, ["a.pt", "--out", "a.onnx", "--opset", "99"]),
+    ],
+)
 def test_option_errors_are_one_line_exit_2(command, args):
     result = CliRunner().invoke(command, args)
     line = one_line(result.output)
@@ -368,8 +487,10 @@ def test_export_of_a_non_checkpoint_says_so_before_looking_for_mnist(tmp_path):
 
     png = tmp_path / "notacheckpoint.png"
     Image.new("L", (28, 28), 255).save(png)
-    result = CliRunner().invoke(edge_export, [str(png), "--out", str(tmp_path / "x.onnx"), "--data-dir",
-                                              str(tmp_path / "nothing"), "--no-download"])
+    result = CliRunner().invoke(
+        edge_export,
+        [str(png), "--out", str(tmp_path / "x.onnx"), "--data-dir", str(tmp_path / "nothing"), "--no-download"],
+    )
     line = one_line(result.output)
     assert result.exit_code == 2 and "not a checkpoint" in line and "MNIST" not in line, line
     assert not (tmp_path / "x.onnx").exists()
@@ -403,9 +524,11 @@ def _with_weights(checkpoint: Path, dest: Path, change) -> Path:
 def test_export_refuses_nan_weights(tmp_path, small_run, data_root):
     def diverged(model):
         model["rnn.weight_hh_l0"][0, 0] = float("nan")
+
     bad = _with_weights(small_run, tmp_path / "nan.pt", diverged)
-    result = CliRunner().invoke(edge_export, [str(bad), "--out", str(tmp_path / "x.onnx"), "--data-dir",
-                                              str(data_root), "--no-download"])
+    result = CliRunner().invoke(
+        edge_export, [str(bad), "--out", str(tmp_path / "x.onnx"), "--data-dir", str(data_root), "--no-download"]
+    )
     line = one_line(result.output)
     assert result.exit_code == 2 and "NaN" in line and "rnn.weight_hh_l0" in line, line
     assert not (tmp_path / "x.onnx").exists()
@@ -413,17 +536,21 @@ def test_export_refuses_nan_weights(tmp_path, small_run, data_root):
 
 def test_export_parity_does_not_pass_on_non_finite_logits(tmp_path, small_run, data_root):
     """Finite weights whose logits overflow to inf (and inf - inf is NaN, which compares false)."""
+
     def overflow(model):
         model["fc.weight"].fill_(3e38)
+
     bad = _with_weights(small_run, tmp_path / "huge.pt", overflow)
-    result = CliRunner().invoke(edge_export, [str(bad), "--out", str(tmp_path / "x.onnx"), "--data-dir",
-                                              str(data_root), "--no-download"])
+    result = CliRunner().invoke(
+        edge_export, [str(bad), "--out", str(tmp_path / "x.onnx"), "--data-dir", str(data_root), "--no-download"]
+    )
     line = one_line(result.output)
     assert result.exit_code == 1 and "NaN or inf" in line, line
     assert not (tmp_path / "x.onnx").exists()
 
 
 # -- threads ---------------------------------------------------------------------------------------------------
+
 
 def _state_bytes(trainer: Trainer) -> dict[str, bytes]:
     return {name: tensor.numpy().tobytes() for name, tensor in trainer.final_model.state_dict().items()}
@@ -432,8 +559,16 @@ def _state_bytes(trainer: Trainer) -> dict[str, bytes]:
 def test_same_seed_and_threads_give_byte_identical_weights(tmp_path, mnist):
     runs = []
     for name in ("a", "b"):
-        trainer = Trainer(tmp_path / name, ModelConfig("rnn", 16, 1), replace(PRESETS["default"], epochs=1),
-                          mnist[0].head(1500), mnist[1], seed=5, threads=1, progress_bar=False)
+        trainer = Trainer(
+            tmp_path / name,
+            ModelConfig("rnn", 16, 1),
+            replace(PRESETS["default"], epochs=1),
+            mnist[0].head(1500),
+            mnist[1],
+            seed=5,
+            threads=1,
+            progress_bar=False,
+        )
         trainer.fit()
         runs.append(_state_bytes(trainer))
         assert load_checkpoint(tmp_path / name / "checkpoint.pt")["threads"] == 1
@@ -443,13 +578,17 @@ def test_same_seed_and_threads_give_byte_identical_weights(tmp_path, mnist):
 def test_threads_are_recorded_and_kept_on_resume(tmp_path, data_root):
     out = tmp_path / "run"
     threads = torch.get_num_threads()
-    result = CliRunner().invoke(edge_train, ["--preset", "seed", "--epochs", "1", *TINY, "--threads", "2",
-                                             "--data-dir", str(data_root), "--out", str(out)], catch_exceptions=False)
+    result = CliRunner().invoke(
+        edge_train,
+        ["--preset", "seed", "--epochs", "1", *TINY, "--threads", "2", "--data-dir", str(data_root), "--out", str(out)],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["threads"] == 2 and state["data_dir"] == str(data_root.resolve())
-    result = CliRunner().invoke(edge_train, ["--resume", "--epochs", "2", "--out", str(out), "--quiet"],
-                                catch_exceptions=False)
+    result = CliRunner().invoke(
+        edge_train, ["--resume", "--epochs", "2", "--out", str(out), "--quiet"], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     assert load_checkpoint(out / "checkpoint.pt")["threads"] == 2
     assert torch.get_num_threads() == threads  # fit() gives the process's thread count back

@@ -3,6 +3,7 @@
 Importing the package itself is cheap (no torch): edge-train parses its options, and answers Ctrl-C during
 start-up, before torch is loaded. DigitRNN and ModelConfig load train.model on first use.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,5 +19,6 @@ __all__ = ["CELLS", "DEFAULT_THREADS", "DigitRNN", "ModelConfig"]
 def __getattr__(name: str) -> Any:
     if name in ("DigitRNN", "ModelConfig"):
         from train import model
+
         return getattr(model, name)
     raise AttributeError(f"module 'train' has no attribute {name!r}")

@@ -1,4 +1,5 @@
 """Confidence that means something: temperature scaling (Guo et al. 2017) and the measures it is judged by."""
+
 from __future__ import annotations
 
 import math
@@ -34,8 +35,9 @@ def fit_temperature(model: torch.nn.Module, split: Split, device: torch.device) 
     """The T minimising the held-out NLL of softmax(logits / T), searched on a log grid (one parameter:
     a grid is exact enough and has no optimiser state to get wrong); with the ECE before and after."""
     model.eval()
-    logits = torch.cat([model(split.floats(slice(i, i + EVAL_BATCH)).to(device)).cpu()
-                        for i in range(0, len(split), EVAL_BATCH)]).double()
+    logits = torch.cat(
+        [model(split.floats(slice(i, i + EVAL_BATCH)).to(device)).cpu() for i in range(0, len(split), EVAL_BATCH)]
+    ).double()
     labels = split.labels
     grid = torch.exp(torch.linspace(math.log(0.25), math.log(4.0), 401, dtype=torch.float64))  # grid[200] = 1
     nll = torch.stack([F.cross_entropy(logits / t, labels) for t in grid])
@@ -45,6 +47,11 @@ def fit_temperature(model: torch.nn.Module, split: Split, device: torch.device) 
         confidence, predicted = (logits / t).softmax(1).max(1)
         return ece(confidence.numpy(), (predicted == labels).numpy())
 
-    return {"temperature": round(temperature, 4), "images": len(split), "nll_before": round(float(nll[200]), 5),
-            "nll_after": round(float(nll.min()), 5), "ece_before": round(ece_at(1.0), 5),
-            "ece_after": round(ece_at(temperature), 5)}
+    return {
+        "temperature": round(temperature, 4),
+        "images": len(split),
+        "nll_before": round(float(nll[200]), 5),
+        "nll_after": round(float(nll.min()), 5),
+        "ece_before": round(ece_at(1.0), 5),
+        "ece_after": round(ece_at(temperature), 5),
+    }

@@ -1,4 +1,5 @@
 """edge-train: a thin command-line shell over train.trainer."""
+
 from __future__ import annotations
 
 import os
@@ -23,50 +24,128 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 @click.command(cls=OneLineCommand, name="edge-train", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--preset", type=click.Choice(["default", "seed"]), default="default", show_default=True,
-              help="Training recipe: 'seed' is the reference notebook exactly; 'default' is fast on a CPU "
-                   "(gru/lstm: a higher learning rate and 14 epochs).")
+@click.option(
+    "--preset",
+    type=click.Choice(["default", "seed"]),
+    default="default",
+    show_default=True,
+    help="Training recipe: 'seed' is the reference notebook exactly; 'default' is fast on a CPU "
+    "(gru/lstm: a higher learning rate and 14 epochs).",
+)
 @click.option("--cell", type=click.Choice(CELLS), default="rnn", show_default=True)
 @click.option("--hidden", type=click.IntRange(1), default=128, show_default=True)
 @click.option("--layers", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Override the recipe's epoch count.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Override the recipe's learning rate.")
+@click.option(
+    "--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Override the recipe's learning rate."
+)
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Override the recipe's batch size.")
 @click.option("--augment/--no-augment", default=None, help="Override the recipe's augmentation.")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where MNIST lives: the folder holding its four IDX files, or one above it (DIR/raw/, "
-                   "DIR/MNIST/raw/); downloaded into DIR/MNIST/raw/ if missing. Default ./data; with --resume, "
-                   "the run's own.")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where MNIST lives: the folder holding its four IDX files, or one above it (DIR/raw/, "
+    "DIR/MNIST/raw/); downloaded into DIR/MNIST/raw/ if missing. Default ./data; with --resume, "
+    "the run's own.",
+)
 @click.option("--no-download", is_flag=True, help="Never download MNIST; fail if it is missing.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Run directory (default runs/<timestamp>).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Run directory (default runs/<timestamp>).",
+)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--limit-train", type=click.IntRange(1), default=None, help="Train on the first N training images.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Makes a CPU run repeatable.")
-@click.option("--threads", type=click.IntRange(1, CORES), default=None,
-              help=f"CPU threads for torch (default {DEFAULT_THREADS}: fastest for this model, and steady on a busy "
-                   "machine; with --resume, the run's own). Runs are repeatable for the same --seed and --threads.")
+@click.option(
+    "--threads",
+    type=click.IntRange(1, CORES),
+    default=None,
+    help=f"CPU threads for torch (default {DEFAULT_THREADS}: fastest for this model, and steady on a busy "
+    "machine; with --resume, the run's own). Runs are repeatable for the same --seed and --threads.",
+)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or per-epoch lines.")
-@click.option("--report", "report_only", is_flag=True,
-              help="Only redraw report.png (and report.json) of the finished run in --out; no training.")
-def main(preset, cell, hidden, layers, epochs, lr, batch_size, augment, data_dir, no_download, out_dir, resume,
-         limit_train, seed, threads, device, quiet, report_only) -> None:
+@click.option(
+    "--report",
+    "report_only",
+    is_flag=True,
+    help="Only redraw report.png (and report.json) of the finished run in --out; no training.",
+)
+def main(
+    preset,
+    cell,
+    hidden,
+    layers,
+    epochs,
+    lr,
+    batch_size,
+    augment,
+    data_dir,
+    no_download,
+    out_dir,
+    resume,
+    limit_train,
+    seed,
+    threads,
+    device,
+    quiet,
+    report_only,
+) -> None:
     """Train the row-by-row RNN digit classifier on MNIST.
 
     Writes checkpoint.pt, history.json, curves.png, model.txt and report.png (where the model errs on
     MNIST test) into the run directory.
     """
     try:
-        _main(preset, cell, hidden, layers, epochs, lr, batch_size, augment, data_dir, no_download, out_dir, resume,
-              limit_train, seed, threads, device, quiet, report_only)
+        _main(
+            preset,
+            cell,
+            hidden,
+            layers,
+            epochs,
+            lr,
+            batch_size,
+            augment,
+            data_dir,
+            no_download,
+            out_dir,
+            resume,
+            limit_train,
+            seed,
+            threads,
+            device,
+            quiet,
+            report_only,
+        )
     except KeyboardInterrupt:  # Ctrl-C during start-up (importing torch, loading MNIST): nothing written yet
         click.echo("edge-train: interrupted before training started; nothing was written", err=True)
         sys.exit(130)
 
 
-def _main(preset, cell, hidden, layers, epochs, lr, batch_size, augment, data_dir, no_download, out_dir, resume,
-          limit_train, seed, threads, device, quiet, report_only) -> None:
+def _main(
+    preset,
+    cell,
+    hidden,
+    layers,
+    epochs,
+    lr,
+    batch_size,
+    augment,
+    data_dir,
+    no_download,
+    out_dir,
+    resume,
+    limit_train,
+    seed,
+    threads,
+    device,
+    quiet,
+    report_only,
+) -> None:
     import torch
 
     from train.data import DataError, load_mnist
@@ -113,27 +192,50 @@ def _main(preset, cell, hidden, layers, epochs, lr, batch_size, augment, data_di
     log = (lambda line: None) if quiet else click.echo
     try:
         if resume:
-            trainer = Trainer.resume(out_dir, train_split, test_split, device=device, limit_train=limit_train,
-                                     threads=threads, state=state, log=log, progress_bar=not quiet)
+            trainer = Trainer.resume(
+                out_dir,
+                train_split,
+                test_split,
+                device=device,
+                limit_train=limit_train,
+                threads=threads,
+                state=state,
+                log=log,
+                progress_bar=not quiet,
+            )
         else:
             recipe = preset_recipe(preset, cell)
             overrides = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "augment": augment}
             recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
-            trainer = Trainer(out_dir, ModelConfig(cell, hidden, layers), recipe, train_split, test_split,
-                              seed=seed, device=device, log=log, progress_bar=not quiet,
-                              threads=threads or DEFAULT_THREADS, data_dir=data_dir)
+            trainer = Trainer(
+                out_dir,
+                ModelConfig(cell, hidden, layers),
+                recipe,
+                train_split,
+                test_split,
+                seed=seed,
+                device=device,
+                log=log,
+                progress_bar=not quiet,
+                threads=threads or DEFAULT_THREADS,
+                data_dir=data_dir,
+            )
     except ValueError as error:
         _fail(str(error))
     if resume and epochs is not None:
         if trainer.recipe.one_cycle and epochs != trainer.recipe.epochs:
-            _fail("this run's one-cycle schedule was planned for "
-                  f"{trainer.recipe.epochs} epochs; it cannot be resumed with a different --epochs")
+            _fail(
+                "this run's one-cycle schedule was planned for "
+                f"{trainer.recipe.epochs} epochs; it cannot be resumed with a different --epochs"
+            )
         trainer.recipe = replace(trainer.recipe, epochs=epochs)
 
     _check_writable(out_dir)
-    log(f"training {trainer.config.cell}-{trainer.config.hidden}x{trainer.config.layers} on {len(trainer.train_split)} "
+    log(
+        f"training {trainer.config.cell}-{trainer.config.hidden}x{trainer.config.layers} on {len(trainer.train_split)} "
         f"images ({device}, --threads {trainer.threads}) into {out_dir}\nrecipe: "
-        f"{recipe_text(trainer.recipe, trainer.config.cell)}")
+        f"{recipe_text(trainer.recipe, trainer.config.cell)}"
+    )
     if trainer.recipe.ema_decay:
         log(EMA_NOTE)
     try:
@@ -147,8 +249,7 @@ def _main(preset, cell, hidden, layers, epochs, lr, batch_size, augment, data_di
             if isinstance(interrupt, Interrupted):
                 message = f"interrupted; saved the checkpoint: {saved}; {again}"
             else:
-                message = (f"stopped at once by Ctrl-C; {saved}"
-                           + ("" if "no checkpoint" in saved else f"; {again}"))
+                message = f"stopped at once by Ctrl-C; {saved}" + ("" if "no checkpoint" in saved else f"; {again}")
             click.echo(f"edge-train: {message}", err=True)
         finally:
             signal.signal(signal.SIGINT, previous)
@@ -163,8 +264,10 @@ def _main(preset, cell, hidden, layers, epochs, lr, batch_size, augment, data_di
         _fail(f"cannot write the report into {out_dir}: {error.strerror or error}", code=1)
     if history:
         last = history[-1]
-        click.echo(f"done: test accuracy {last['test_acc']:.2%} after {last['epoch']} epochs, "
-                   f"{last['seconds']:.1f}s of training; checkpoint {trainer.checkpoint_path}")
+        click.echo(
+            f"done: test accuracy {last['test_acc']:.2%} after {last['epoch']} epochs, "
+            f"{last['seconds']:.1f}s of training; checkpoint {trainer.checkpoint_path}"
+        )
 
 
 def _check_writable(out_dir: Path) -> None:

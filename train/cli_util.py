@@ -1,5 +1,6 @@
 """What edge-train and edge-export share on the command line: one-line errors (never click's Usage/Try/Error
 block, never a traceback) and a quiet Ctrl-C. Imports click only, so that it is ready before torch loads."""
+
 from __future__ import annotations
 
 import sys
@@ -19,8 +20,14 @@ class OneLineCommand(click.Command):
     Ctrl-C, wherever the command itself does not handle it, is one line and exit 130. Give it the program's
     name: @click.command(cls=OneLineCommand, name="edge-train")."""
 
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         prog = self.name or "error"
         try:
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)

@@ -1,5 +1,6 @@
 """MNIST held in memory as whole tensors: batching by indexing is ~10x faster on a CPU than a per-sample
 DataLoader, and the whole set is only 47 MB as uint8."""
+
 from __future__ import annotations
 
 import shutil
@@ -29,7 +30,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def head(self, n: int) -> "Split":
+    def head(self, n: int) -> Split:
         """The first n examples (a view, no copy)."""
         return Split(self.images[:n], self.labels[:n])
 
@@ -55,9 +56,11 @@ def load_mnist(data_dir: str | Path, download: bool = True) -> tuple[Split, Spli
     raw = find_raw_folder(root)
     if raw is None:
         if not download:
-            raise DataError(f"MNIST not found: expected {', '.join(RAW_FILES)} in {root}, {root / 'raw'} or "
-                            f"{root / 'MNIST' / 'raw'}; point --data-dir at the folder holding them, or drop "
-                            f"--no-download to fetch it")
+            raise DataError(
+                f"MNIST not found: expected {', '.join(RAW_FILES)} in {root}, {root / 'raw'} or "
+                f"{root / 'MNIST' / 'raw'}; point --data-dir at the folder holding them, or drop "
+                f"--no-download to fetch it"
+            )
         raw = _download(root)
     return _read_split(raw, "train"), _read_split(raw, "t10k")
 
@@ -76,8 +79,10 @@ def _download(root: Path) -> Path:
     except (RuntimeError, OSError) as error:  # torchvision: RuntimeError; network failures: URLError/OSError
         if created is not None:  # leave no empty (or half-filled) folders behind
             shutil.rmtree(created, ignore_errors=True)
-        raise DataError(f"could not download MNIST into {raw} ({_reason(error)}); if you have the files "
-                        f"({', '.join(RAW_FILES)}), point --data-dir at the folder that holds them") from None
+        raise DataError(
+            f"could not download MNIST into {raw} ({_reason(error)}); if you have the files "
+            f"({', '.join(RAW_FILES)}), point --data-dir at the folder that holds them"
+        ) from None
 
 
 def _reason(error: Exception) -> str:
@@ -98,6 +103,7 @@ def _read_split(raw: Path, prefix: str) -> Split:
     except (AssertionError, TypeError, ValueError, RuntimeError, KeyError, OSError) as error:  # some checks are asserts
         raise DataError(f"{raw} does not hold readable MNIST files ({prefix}: {type(error).__name__})") from None
     if images.shape[1:] != (28, 28) or len(labels) != len(images):
-        raise DataError(f"{raw} does not hold MNIST: {prefix} images are {list(images.shape)}, "
-                        f"with {len(labels)} labels")
+        raise DataError(
+            f"{raw} does not hold MNIST: {prefix} images are {list(images.shape)}, with {len(labels)} labels"
+        )
     return Split(images, labels)

@@ -4,6 +4,7 @@ confidently wrong digits), with the numbers it is drawn from in report.json.
 
     edge-train --report --out runs/rnn      # redraw report.png from a finished run, no training
 """
+
 from __future__ import annotations
 
 import json
@@ -25,10 +26,15 @@ EVAL_BATCH = 2000
 
 # -- model.txt and the header ----------------------------------------------------------------------
 
+
 def model_summary(model: nn.Module) -> str:
     """print(model), then every parameter with its shape and size, and the total (like torchinfo, briefly)."""
     config = getattr(model, "config", None)
-    lines = ([f"{config}"] if config is not None else []) + [str(model), "", f"{'parameter':<24} {'shape':<16} {'count':>9}"]
+    lines = ([f"{config}"] if config is not None else []) + [
+        str(model),
+        "",
+        f"{'parameter':<24} {'shape':<16} {'count':>9}",
+    ]
     total = 0
     for name, param in model.named_parameters():
         lines.append(f"{name:<24} {list(param.shape)!s:<16} {param.numel():>9,}")
@@ -61,11 +67,14 @@ def recipe_text(recipe, cell: str) -> str:
     return " ".join(parts)
 
 
-EMA_NOTE = ("note: test accuracy is measured on the moving average of the weights (EMA) at the end of each "
-            "epoch, train accuracy on the changing raw weights during it, so test can exceed train early on")
+EMA_NOTE = (
+    "note: test accuracy is measured on the moving average of the weights (EMA) at the end of each "
+    "epoch, train accuracy on the changing raw weights during it, so test can exceed train early on"
+)
 
 
 # -- where it errs ---------------------------------------------------------------------------------
+
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: int = CLASSES) -> np.ndarray:
     """counts[true, predicted] (int64 [classes, classes])."""
@@ -93,9 +102,13 @@ class ErrorReport:
     worst: list[dict]  # the most confidently wrong: index, true, predicted, confidence
 
     def to_json(self) -> dict:
-        return {"test_images": int(self.confusion.sum()), "accuracy": self.accuracy,
-                "confusion": self.confusion.tolist(), "per_digit_accuracy": self.per_digit_accuracy,
-                "most_confident_errors": self.worst}
+        return {
+            "test_images": int(self.confusion.sum()),
+            "accuracy": self.accuracy,
+            "confusion": self.confusion.tolist(),
+            "per_digit_accuracy": self.per_digit_accuracy,
+            "most_confident_errors": self.worst,
+        }
 
 
 def error_report(probs: np.ndarray, labels: np.ndarray, worst: int = WORST) -> ErrorReport:
@@ -105,8 +118,15 @@ def error_report(probs: np.ndarray, labels: np.ndarray, worst: int = WORST) -> E
     per_digit = (np.diag(confusion) / np.maximum(confusion.sum(1), 1)).round(6).tolist()
     wrong = np.flatnonzero(predicted != labels)
     order = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")][:worst]
-    errors = [{"index": int(i), "true": int(labels[i]), "predicted": int(predicted[i]),
-               "confidence": round(float(probs[i, predicted[i]]), 6)} for i in order]
+    errors = [
+        {
+            "index": int(i),
+            "true": int(labels[i]),
+            "predicted": int(predicted[i]),
+            "confidence": round(float(probs[i, predicted[i]]), 6),
+        }
+        for i in order
+    ]
     return ErrorReport(confusion, per_digit, round(float((predicted == labels).mean()), 6), errors)
 
 
@@ -124,6 +144,7 @@ def write_report(run_dir: Path, model: DigitRNN, test: Split, device: str | torc
 
 def plot_report(report: ErrorReport, images: np.ndarray, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
@@ -142,8 +163,16 @@ def plot_report(report: ErrorReport, images: np.ndarray, path: Path) -> None:
         for p in range(CLASSES):
             if confusion[t, p]:
                 on_diagonal = t == p
-                ax.text(p, t, str(confusion[t, p]), ha="center", va="center", fontsize=7 if on_diagonal else 9,
-                        color="#888888" if on_diagonal else "black", fontweight="normal" if on_diagonal else "bold")
+                ax.text(
+                    p,
+                    t,
+                    str(confusion[t, p]),
+                    ha="center",
+                    va="center",
+                    fontsize=7 if on_diagonal else 9,
+                    color="#888888" if on_diagonal else "black",
+                    fontweight="normal" if on_diagonal else "bold",
+                )
     ax.set_xticks(range(CLASSES))
     ax.set_yticks(range(CLASSES))
     ax.set_xlabel("predicted digit")
@@ -190,6 +219,7 @@ def load_run_model(checkpoint: Path) -> DigitRNN:
 
 # -- fp32 vs int8 ----------------------------------------------------------------------------------
 
+
 def prediction_changes(before: np.ndarray, after: np.ndarray, labels: np.ndarray, top: int = 5) -> str:
     """One line: how many predictions a change of model (fp32 -> int8) flips, and which digit pairs."""
     before, after, labels = (np.asarray(a, np.int64) for a in (before, after, labels))
@@ -198,7 +228,9 @@ def prediction_changes(before: np.ndarray, after: np.ndarray, labels: np.ndarray
         return f"int8 vs fp32: all {len(labels):,} MNIST test predictions are the same"
     broken = int((changed & (before == labels)).sum())
     fixed = int((changed & (after == labels)).sum())
-    pairs = Counter(zip(before[changed].tolist(), after[changed].tolist())).most_common(top)
+    pairs = Counter(zip(before[changed].tolist(), after[changed].tolist(), strict=False)).most_common(top)
     listed = ", ".join(f"{a}→{b} ×{n}" for (a, b), n in pairs)
-    return (f"int8 vs fp32: {int(changed.sum())} of {len(labels):,} MNIST test predictions differ "
-            f"({broken} were right in fp32, {fixed} are right in int8); fp32→int8: {listed}")
+    return (
+        f"int8 vs fp32: {int(changed.sum())} of {len(labels):,} MNIST test predictions differ "
+        f"({broken} were right in fp32, {fixed} are right in int8); fp32→int8: {listed}"
+    )

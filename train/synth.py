@@ -15,13 +15,14 @@ Three sources, each a pure function of (inputs, numpy Generator):
 `build_pool(...)` makes a whole training pool of them as uint8 [N, 28, 28] (ink bright, MNIST form), in a
 fixed order for a fixed seed, in worker processes.
 """
+
 from __future__ import annotations
 
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
@@ -70,7 +71,7 @@ def _disc_max(ink: np.ndarray, r: int) -> np.ndarray:
     for dy in range(-r, r + 1):
         for dx in range(-r, r + 1):
             if (dy or dx) and dy * dy + dx * dx <= (r + 0.5) ** 2:
-                np.maximum(out, p[r + dy:r + dy + h, r + dx:r + dx + w], out=out)
+                np.maximum(out, p[r + dy : r + dy + h, r + dx : r + dx + w], out=out)
     return out
 
 
@@ -99,8 +100,11 @@ def degrade(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if width == "thin":
         ink = _disc_min(ink, int(rng.integers(1, 3)))
         if ink.max() < 0.3:  # eroded away: keep the original width instead
-            ink = _warp(np.asarray(Image.fromarray(digit).resize((size, size), Image.Resampling.BICUBIC),
-                                   np.float32) / 255.0, dx, dy)
+            ink = _warp(
+                np.asarray(Image.fromarray(digit).resize((size, size), Image.Resampling.BICUBIC), np.float32) / 255.0,
+                dx,
+                dy,
+            )
     elif width == "thick":
         ink = _disc_max(ink, int(rng.integers(1, 4)))
     elif width == "very thick":
@@ -114,7 +118,7 @@ def degrade(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if rng.random() < 0.3:  # box-filling crop, as digits cut from forms and envelopes are
         rows, cols = np.flatnonzero(ink.max(1) > 0.2), np.flatnonzero(ink.max(0) > 0.2)
         if rows.size and cols.size:
-            page = page[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+            page = page[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     return _paper(page, rng)
 
 
@@ -133,45 +137,62 @@ def _paper(page: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _arc(cx: float, cy: float, rx: float, ry: float, start: float, end: float, n: int = 12) -> list[tuple]:
     """Points along an elliptical arc, angles in degrees (0 = right, 90 = down)."""
-    return [(cx + rx * math.cos(math.radians(a)), cy + ry * math.sin(math.radians(a)))
-            for a in np.linspace(start, end, n)]
+    return [
+        (cx + rx * math.cos(math.radians(a)), cy + ry * math.sin(math.radians(a))) for a in np.linspace(start, end, n)
+    ]
 
 
 # Each digit has several styles; each style is a list of strokes; each stroke a list of points.
 STYLES: dict[int, list[list[list[tuple]]]] = {
-    0: [[_arc(0.5, 0.5, 0.4, 0.5, -90, 275, 20)],
-        [_arc(0.5, 0.5, 0.35, 0.5, -100, 250, 20)]],
-    1: [[[(0.5, 0.0), (0.5, 1.0)]],
-        [[(0.2, 0.3), (0.55, 0.0), (0.55, 1.0)]],                                # flag
-        [[(0.05, 0.45), (0.6, 0.0), (0.6, 1.0)]],                                # long flag
-        [[(0.25, 0.25), (0.55, 0.0), (0.55, 1.0)], [(0.2, 1.0), (0.9, 1.0)]],    # flag and foot
+    0: [[_arc(0.5, 0.5, 0.4, 0.5, -90, 275, 20)], [_arc(0.5, 0.5, 0.35, 0.5, -100, 250, 20)]],
+    1: [
+        [[(0.5, 0.0), (0.5, 1.0)]],
+        [[(0.2, 0.3), (0.55, 0.0), (0.55, 1.0)]],  # flag
+        [[(0.05, 0.45), (0.6, 0.0), (0.6, 1.0)]],  # long flag
+        [[(0.25, 0.25), (0.55, 0.0), (0.55, 1.0)], [(0.2, 1.0), (0.9, 1.0)]],  # flag and foot
         [[(0.3, 0.15), (0.5, 0.0), (0.45, 1.0)]],
-        [[(0.05, 0.35), (0.6, 0.0), (0.6, 1.0)], [(0.3, 1.0), (0.9, 1.0)]],     # long flag and foot (serif 1)
-        [[(0.35, 0.2), (0.55, 0.0), (0.55, 1.0)], [(0.4, 1.0), (0.7, 1.0)]]],   # short flag, short foot
-    2: [[_arc(0.5, 0.3, 0.4, 0.3, 170, 380, 9) + [(0.1, 1.0), (0.95, 1.0)]],
+        [[(0.05, 0.35), (0.6, 0.0), (0.6, 1.0)], [(0.3, 1.0), (0.9, 1.0)]],  # long flag and foot (serif 1)
+        [[(0.35, 0.2), (0.55, 0.0), (0.55, 1.0)], [(0.4, 1.0), (0.7, 1.0)]],
+    ],  # short flag, short foot
+    2: [
+        [_arc(0.5, 0.3, 0.4, 0.3, 170, 380, 9) + [(0.1, 1.0), (0.95, 1.0)]],
         [_arc(0.5, 0.3, 0.4, 0.3, 180, 380, 9) + [(0.15, 0.95), (0.3, 0.85), (0.5, 0.95), (1.0, 1.0)]],  # loop
-        [[(0.1, 0.2), (0.5, 0.0), (0.9, 0.2), (0.1, 1.0), (0.9, 1.0)]]],
-    3: [[_arc(0.45, 0.27, 0.38, 0.27, 200, 450, 9) + _arc(0.45, 0.73, 0.42, 0.27, -90, 160, 9)],
-        [[(0.1, 0.0), (0.85, 0.0), (0.4, 0.4)] + _arc(0.45, 0.7, 0.42, 0.3, -80, 160, 9)]],       # flat top
-    4: [[[(0.75, 1.0), (0.75, 0.0), (0.0, 0.7), (1.0, 0.7)]],
-        [[(0.25, 0.0), (0.1, 0.6), (0.95, 0.6)], [(0.7, 0.15), (0.7, 1.0)]],      # open top
-        [[(0.3, 0.0), (0.15, 0.55), (0.9, 0.5)], [(0.75, 0.0), (0.65, 1.0)]]],
-    5: [[[(0.9, 0.0), (0.2, 0.0), (0.15, 0.45)] + _arc(0.5, 0.7, 0.4, 0.3, -120, 160, 10)],
-        [[(0.2, 0.0), (0.15, 0.45)] + _arc(0.5, 0.7, 0.4, 0.3, -120, 160, 10), [(0.2, 0.0), (0.9, 0.0)]]],  # bar apart
-    6: [[[(0.75, 0.0), (0.35, 0.3)] + _arc(0.5, 0.7, 0.35, 0.3, 180, 540, 14)],
-        [_arc(0.8, 0.5, 0.65, 0.5, -100, -180, 6) + _arc(0.5, 0.72, 0.32, 0.28, 180, 530, 14)]],
-    7: [[[(0.0, 0.0), (1.0, 0.0), (0.35, 1.0)]],
-        [[(0.0, 0.0), (1.0, 0.0), (0.35, 1.0)], [(0.35, 0.5), (0.9, 0.5)]],       # crossed
-        [[(0.0, 0.2), (0.05, 0.0), (1.0, 0.0), (0.4, 1.0)]],                      # hook at the top-left
+        [[(0.1, 0.2), (0.5, 0.0), (0.9, 0.2), (0.1, 1.0), (0.9, 1.0)]],
+    ],
+    3: [
+        [_arc(0.45, 0.27, 0.38, 0.27, 200, 450, 9) + _arc(0.45, 0.73, 0.42, 0.27, -90, 160, 9)],
+        [[(0.1, 0.0), (0.85, 0.0), (0.4, 0.4)] + _arc(0.45, 0.7, 0.42, 0.3, -80, 160, 9)],
+    ],  # flat top
+    4: [
+        [[(0.75, 1.0), (0.75, 0.0), (0.0, 0.7), (1.0, 0.7)]],
+        [[(0.25, 0.0), (0.1, 0.6), (0.95, 0.6)], [(0.7, 0.15), (0.7, 1.0)]],  # open top
+        [[(0.3, 0.0), (0.15, 0.55), (0.9, 0.5)], [(0.75, 0.0), (0.65, 1.0)]],
+    ],
+    5: [
+        [[(0.9, 0.0), (0.2, 0.0), (0.15, 0.45)] + _arc(0.5, 0.7, 0.4, 0.3, -120, 160, 10)],
+        [[(0.2, 0.0), (0.15, 0.45)] + _arc(0.5, 0.7, 0.4, 0.3, -120, 160, 10), [(0.2, 0.0), (0.9, 0.0)]],
+    ],  # bar apart
+    6: [
+        [[(0.75, 0.0), (0.35, 0.3)] + _arc(0.5, 0.7, 0.35, 0.3, 180, 540, 14)],
+        [_arc(0.8, 0.5, 0.65, 0.5, -100, -180, 6) + _arc(0.5, 0.72, 0.32, 0.28, 180, 530, 14)],
+    ],
+    7: [
+        [[(0.0, 0.0), (1.0, 0.0), (0.35, 1.0)]],
+        [[(0.0, 0.0), (1.0, 0.0), (0.35, 1.0)], [(0.35, 0.5), (0.9, 0.5)]],  # crossed
+        [[(0.0, 0.2), (0.05, 0.0), (1.0, 0.0), (0.4, 1.0)]],  # hook at the top-left
         [[(0.0, 0.2), (0.05, 0.0), (1.0, 0.0), (0.4, 1.0)], [(0.4, 0.5), (0.95, 0.5)]],
-        [[(0.0, 0.05), (0.95, 0.0), (0.6, 0.5), (0.5, 1.0)]]],
-    8: [[_arc(0.5, 0.25, 0.3, 0.25, 90, 450, 14) + _arc(0.5, 0.73, 0.38, 0.27, -90, 270, 14)],
-        [[(0.85, 0.1), (0.5, 0.0), (0.15, 0.2), (0.85, 0.75), (0.5, 1.0), (0.15, 0.75), (0.85, 0.25),
-          (0.85, 0.1)]]],
-    9: [[_arc(0.5, 0.28, 0.4, 0.28, 0, 360, 14) + [(0.9, 0.28), (0.8, 1.0)]],
-        [_arc(0.5, 0.28, 0.4, 0.28, 0, 360, 14) + [(0.9, 0.28), (0.9, 1.0)]],     # straight tail
+        [[(0.0, 0.05), (0.95, 0.0), (0.6, 0.5), (0.5, 1.0)]],
+    ],
+    8: [
+        [_arc(0.5, 0.25, 0.3, 0.25, 90, 450, 14) + _arc(0.5, 0.73, 0.38, 0.27, -90, 270, 14)],
+        [[(0.85, 0.1), (0.5, 0.0), (0.15, 0.2), (0.85, 0.75), (0.5, 1.0), (0.15, 0.75), (0.85, 0.25), (0.85, 0.1)]],
+    ],
+    9: [
+        [_arc(0.5, 0.28, 0.4, 0.28, 0, 360, 14) + [(0.9, 0.28), (0.8, 1.0)]],
+        [_arc(0.5, 0.28, 0.4, 0.28, 0, 360, 14) + [(0.9, 0.28), (0.9, 1.0)]],  # straight tail
         [_arc(0.5, 0.28, 0.4, 0.28, 0, 360, 14) + [(0.9, 0.3), (0.85, 0.85), (0.6, 1.0), (0.35, 0.9)]],  # curled
-        [_arc(0.45, 0.3, 0.38, 0.3, 10, 360, 14) + [(0.83, 0.35), (0.4, 1.0)]]],  # slanted tail
+        [_arc(0.45, 0.3, 0.38, 0.3, 10, 360, 14) + [(0.83, 0.35), (0.4, 1.0)]],
+    ],  # slanted tail
 }
 
 
@@ -184,8 +205,10 @@ def _catmull_rom(points: np.ndarray, per_segment: int = 6) -> np.ndarray:
     out = []
     for i in range(1, len(p) - 2):
         p0, p1, p2, p3 = p[i - 1], p[i], p[i + 1], p[i + 2]
-        out.append(0.5 * ((2 * p1) + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t ** 2
-                          + (-p0 + 3 * p1 - 3 * p2 + p3) * t ** 3))
+        out.append(
+            0.5
+            * ((2 * p1) + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2 + (-p0 + 3 * p1 - 3 * p2 + p3) * t**3)
+        )
     out.append(points[-1:])
     return np.vstack(out)
 
@@ -216,7 +239,10 @@ def stroke_digit(label: int, rng: np.random.Generator, style: int | None = None)
         x, y = (pts[:, 0] - 0.5) * aspect, pts[:, 1] - 0.5
         x = x - shear * y
         x, y = c * x - s * y, s * x + c * y
-        xy = [(float(size / 2 + u * (size - 2 * margin)), float(size / 2 + v * (size - 2 * margin))) for u, v in zip(x, y)]
+        xy = [
+            (float(size / 2 + u * (size - 2 * margin)), float(size / 2 + v * (size - 2 * margin)))
+            for u, v in zip(x, y, strict=False)
+        ]
         draw.line(xy, fill=0, width=max(1, round(pen)), joint="curve")
         r = pen / 2
         for u, v in (xy[0], xy[-1]):  # round pen ends
@@ -230,26 +256,40 @@ def stroke_digit(label: int, rng: np.random.Generator, style: int | None = None)
 # ---------------------------------------------------------------------------------------------------------
 # printed digits
 
-TRAINING_FONTS = ("STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "STIXGeneralBolIta.ttf",
-                  "cmss10.ttf", "cmtt10.ttf")
+TRAINING_FONTS = (
+    "STIXGeneral.ttf",
+    "STIXGeneralBol.ttf",
+    "STIXGeneralItalic.ttf",
+    "STIXGeneralBolIta.ttf",
+    "cmss10.ttf",
+    "cmtt10.ttf",
+)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _font(name: str, size: int) -> ImageFont.FreeTypeFont:
     import matplotlib  # the fonts ship with matplotlib, a training dependency: the same files everywhere
 
-    return ImageFont.truetype(os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts", "ttf", name), size)
+    return ImageFont.truetype(
+        os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts", "ttf", name), size
+    )
 
 
 def printed_digit(label: int, rng: np.random.Generator) -> np.ndarray:
     font = _font(TRAINING_FONTS[int(rng.integers(len(TRAINING_FONTS)))], 48)
     img = Image.new("L", (CANVAS, CANVAS), 255)
     bold = int(rng.choice([0, 0, 1, 2]))
-    ImageDraw.Draw(img).text((CANVAS // 2, CANVAS // 2), str(label), fill=0, font=font, anchor="mm", stroke_width=bold,
-                             stroke_fill=0)
+    ImageDraw.Draw(img).text(
+        (CANVAS // 2, CANVAS // 2), str(label), fill=0, font=font, anchor="mm", stroke_width=bold, stroke_fill=0
+    )
     shear = rng.uniform(-0.3, 0.3)
-    img = img.transform(img.size, Image.Transform.AFFINE, (1, shear, -shear * CANVAS / 2, 0, 1, 0),
-                        Image.Resampling.BILINEAR, fillcolor=255)
+    img = img.transform(
+        img.size,
+        Image.Transform.AFFINE,
+        (1, shear, -shear * CANVAS / 2, 0, 1, 0),
+        Image.Resampling.BILINEAR,
+        fillcolor=255,
+    )
     return _paper(np.asarray(img, np.float32) / 255.0, rng)
 
 
@@ -260,6 +300,7 @@ def printed_digit(label: int, rng: np.random.Generator) -> np.ndarray:
 @dataclass(frozen=True)
 class PoolSpec:
     """How many of each kind the pool holds; `degraded` are drawn from the MNIST images given."""
+
     degraded: int = 40_000
     strokes: int = 25_000
     printed: int = 5_000
@@ -292,8 +333,9 @@ def _make_chunk(args: tuple) -> tuple[np.ndarray, np.ndarray]:
 CHUNK = 1000
 
 
-def build_pool(mnist_images: np.ndarray, mnist_labels: np.ndarray, spec: PoolSpec, workers: int = 2
-               ) -> tuple[np.ndarray, np.ndarray]:
+def build_pool(
+    mnist_images: np.ndarray, mnist_labels: np.ndarray, spec: PoolSpec, workers: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
     """The whole synthetic pool, uint8 [N, 28, 28] + labels, identical for identical inputs and spec
     (each chunk has its own seed; chunks are concatenated in order whatever the worker count)."""
     tasks = []

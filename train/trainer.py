@@ -7,6 +7,7 @@ Everything a run produces lives in one directory:
 The checkpoint is the record: history.json and curves.png are derived from it, so a run killed between
 writing them is put right when it resumes.
 """
+
 from __future__ import annotations
 
 import copy
@@ -16,9 +17,10 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +35,17 @@ CHECKPOINT_FORMAT = "edge-infer-checkpoint/1"
 EVAL_BATCH = 2000
 RUN_FILES = ("checkpoint.pt", "history.json", "curves.png")  # atomic_write's temporaries: .NAME.XXXXXXXX
 # What --resume needs from a checkpoint (export needs only model_config and model).
-RESUME_KEYS = ("model_config", "recipe", "seed", "train_size", "model", "train_model", "optimizer", "scheduler",
-               "progress")
+RESUME_KEYS = (
+    "model_config",
+    "recipe",
+    "seed",
+    "train_size",
+    "model",
+    "train_model",
+    "optimizer",
+    "scheduler",
+    "progress",
+)
 HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
 
 
@@ -63,9 +74,20 @@ PRESETS: dict[str, Recipe] = {
     # For the real world (writers, pens and scanners MNIST lacks), one synthetic digit per MNIST image
     # (degraded MNIST, pen-stroke templates, printed; train.synth) with online shifts and rotations on top,
     # and a temperature fitted on held-out images so that confidences mean what they say.
-    "default": Recipe(optimizer="adamw", lr=2e-3, batch_size=128, epochs=10, weight_decay=1e-4,
-                      one_cycle=True, clip_grad_norm=1.0, identity_init=True, ema_decay=0.998, augment=True,
-                      synthetic=1.0, calibration_images=5000),
+    "default": Recipe(
+        optimizer="adamw",
+        lr=2e-3,
+        batch_size=128,
+        epochs=10,
+        weight_decay=1e-4,
+        one_cycle=True,
+        clip_grad_norm=1.0,
+        identity_init=True,
+        ema_decay=0.998,
+        augment=True,
+        synthetic=1.0,
+        calibration_images=5000,
+    ),
 }
 # Gated cells (gru, lstm) take a higher peak learning rate and more epochs.
 GATED_DEFAULT = replace(PRESETS["default"], lr=4e-3, epochs=12)
@@ -89,6 +111,7 @@ class Interrupted(KeyboardInterrupt):
 @dataclass
 class Progress:
     """Where a run stands; saved in the checkpoint so that --resume continues exactly."""
+
     epoch: int = 0  # epochs finished
     batch: int = 0  # batches finished in the current (unfinished) epoch
     loss_sum: float = 0.0  # running sums over the current epoch's finished batches
@@ -116,7 +139,8 @@ def build_optimizer(model: DigitRNN, recipe: Recipe, steps_per_epoch: int):
     total_steps = recipe.epochs * steps_per_epoch
     if recipe.one_cycle and total_steps >= 4:  # fewer steps leave no room for a warm-up and an annealing phase
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=recipe.lr, total_steps=total_steps, pct_start=max(0.25, 2 / total_steps))
+            optimizer, max_lr=recipe.lr, total_steps=total_steps, pct_start=max(0.25, 2 / total_steps)
+        )
     else:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     return optimizer, scheduler
@@ -138,7 +162,9 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     thick = F.max_pool2d(out, 3, stride=1, padding=1)
     thin = -F.max_pool2d(-out, 2, stride=1, padding=1)[..., 1:, 1:]
     choice = rand[:, 4].view(n, 1, 1, 1)
-    out = torch.where(choice < 1 / 3, 0.5 * (out + thick), torch.where(choice > 5 / 6, torch.maximum(thin, 0.5 * out), out))
+    out = torch.where(
+        choice < 1 / 3, 0.5 * (out + thick), torch.where(choice > 5 / 6, torch.maximum(thin, 0.5 * out), out)
+    )
     return out.squeeze(1)
 
 
@@ -148,14 +174,20 @@ def with_synthetic(train: Split, recipe: Recipe, seed: int) -> tuple[Split, Spli
     synthetic twin each, so the temperature is fitted on MNIST-like and real-world-like digits alike."""
     holdout = min(recipe.calibration_images, len(train) // 10)
     fit = train.head(len(train) - holdout)
-    calibration = Split(train.images[len(fit):], train.labels[len(fit):]) if holdout else None
+    calibration = Split(train.images[len(fit) :], train.labels[len(fit) :]) if holdout else None
     if recipe.synthetic > 0:
         from train.synth import build_pool
 
-        fit = _concat(fit, build_pool(fit.images.numpy(), fit.labels.numpy(), _pool_spec(len(fit) * recipe.synthetic, seed)))
+        fit = _concat(
+            fit, build_pool(fit.images.numpy(), fit.labels.numpy(), _pool_spec(len(fit) * recipe.synthetic, seed))
+        )
         if calibration is not None:
-            calibration = _concat(calibration, build_pool(calibration.images.numpy(), calibration.labels.numpy(),
-                                                          _pool_spec(len(calibration), seed + 1)))
+            calibration = _concat(
+                calibration,
+                build_pool(
+                    calibration.images.numpy(), calibration.labels.numpy(), _pool_spec(len(calibration), seed + 1)
+                ),
+            )
     return fit, calibration
 
 
@@ -168,7 +200,9 @@ def _pool_spec(total: float, seed: int):
 
 def _concat(split: Split, extra: tuple) -> Split:
     images, labels = extra
-    return Split(torch.cat([split.images, torch.from_numpy(images)]), torch.cat([split.labels, torch.from_numpy(labels)]))
+    return Split(
+        torch.cat([split.images, torch.from_numpy(images)]), torch.cat([split.labels, torch.from_numpy(labels)])
+    )
 
 
 @torch.no_grad()
@@ -192,7 +226,7 @@ class _StopFlag:
     def __init__(self) -> None:
         self.requested = False
 
-    def __enter__(self) -> "_StopFlag":
+    def __enter__(self) -> _StopFlag:
         self._previous = signal.getsignal(signal.SIGINT)
         if _in_main_thread():
             signal.signal(signal.SIGINT, self._handle)
@@ -210,14 +244,25 @@ class _StopFlag:
 
 def _in_main_thread() -> bool:
     import threading
+
     return threading.current_thread() is threading.main_thread()
 
 
 class Trainer:
-    def __init__(self, run_dir: Path, config: ModelConfig, recipe: Recipe, train: Split, test: Split,
-                 seed: int = 0, device: str = "cpu", log: Callable[[str], None] | None = None,
-                 progress_bar: bool = True, threads: int = DEFAULT_THREADS, data_dir: str | Path | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        config: ModelConfig,
+        recipe: Recipe,
+        train: Split,
+        test: Split,
+        seed: int = 0,
+        device: str = "cpu",
+        log: Callable[[str], None] | None = None,
+        progress_bar: bool = True,
+        threads: int = DEFAULT_THREADS,
+        data_dir: str | Path | None = None,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.config, self.recipe = config, recipe
         self.train_split, self.test_split = train, test
@@ -273,8 +318,17 @@ class Trainer:
         return describe_saved(self.checkpoint_path, self.steps_per_epoch)
 
     @classmethod
-    def resume(cls, run_dir: Path, train: Split, test: Split, device: str = "cpu", limit_train: int | None = None,
-               threads: int | None = None, state: dict | None = None, **kwargs) -> "Trainer":
+    def resume(
+        cls,
+        run_dir: Path,
+        train: Split,
+        test: Split,
+        device: str = "cpu",
+        limit_train: int | None = None,
+        threads: int | None = None,
+        state: dict | None = None,
+        **kwargs,
+    ) -> Trainer:
         """Continue a run; it trains on the same first-N training images, with the same thread count, as
         before unless told otherwise. A checkpoint that does not fit raises ValueError with one line."""
         path = Path(run_dir) / "checkpoint.pt"
@@ -287,20 +341,36 @@ class Trainer:
             for key in ("seed", "train_size", "threads"):
                 if key in state and not _matches(state[key], int):
                     raise ValueError(f"{key} is {state[key]!r}, not a whole number")
-            for what, number in (("recipe.batch_size", recipe.batch_size), ("recipe.epochs", recipe.epochs),
-                                 ("train_size", state["train_size"]), ("threads", state.get("threads", 1))):
+            for what, number in (
+                ("recipe.batch_size", recipe.batch_size),
+                ("recipe.epochs", recipe.epochs),
+                ("train_size", state["train_size"]),
+                ("threads", state.get("threads", 1)),
+            ):
                 if number < 1:
                     raise ValueError(f"{what} is {number}, not positive")
         except ValueError as error:
             raise ValueError(f"{path} cannot be resumed: {error}") from None
         size = limit_train or state["train_size"]
         if size != state["train_size"] or size > len(train):
-            raise ValueError(f"the run in {run_dir} trained on {state['train_size']} images, not {size}; "
-                             f"resume it with --limit-train {state['train_size']} or none")
+            raise ValueError(
+                f"the run in {run_dir} trained on {state['train_size']} images, not {size}; "
+                f"resume it with --limit-train {state['train_size']} or none"
+            )
         train = train.head(size)
         threads = threads or state.get("threads") or DEFAULT_THREADS
-        trainer = cls(run_dir, config, recipe, train, test, seed=state["seed"], device=device, threads=threads,
-                      data_dir=state["data_dir"] if isinstance(state.get("data_dir"), str) else None, **kwargs)
+        trainer = cls(
+            run_dir,
+            config,
+            recipe,
+            train,
+            test,
+            seed=state["seed"],
+            device=device,
+            threads=threads,
+            data_dir=state["data_dir"] if isinstance(state.get("data_dir"), str) else None,
+            **kwargs,
+        )
         try:
             trainer._load_state(state, progress)
             trainer.calibration = dict(state.get("calibration") or {})
@@ -336,8 +406,9 @@ class Trainer:
 
     def _check_progress(self, p: Progress) -> None:
         if not 0 <= p.batch <= self.steps_per_epoch or p.epoch < 0:
-            raise ValueError(f"progress is at epoch {p.epoch}, batch {p.batch}; an epoch has "
-                             f"{self.steps_per_epoch} batches")
+            raise ValueError(
+                f"progress is at epoch {p.epoch}, batch {p.batch}; an epoch has {self.steps_per_epoch} batches"
+            )
         if p.seen != min(p.batch * self.recipe.batch_size, len(self.train_split)) or not 0 <= p.correct <= p.seen:
             raise ValueError(f"progress counts {p.seen} images ({p.correct} right) after {p.batch} batches")
         if len(p.history) != p.epoch:
@@ -373,9 +444,11 @@ class Trainer:
                 if self.calibration_split is not None and not self.calibration:
                     self.calibration = fit_temperature(self.final_model, self.calibration_split, self.device)
                     self.save_checkpoint()
-                    self.log(f"calibrated on {self.calibration['images']} held-out images: temperature "
-                             f"{self.calibration['temperature']:.3f}, ECE {self.calibration['ece_before']:.2%} -> "
-                             f"{self.calibration['ece_after']:.2%}")
+                    self.log(
+                        f"calibrated on {self.calibration['images']} held-out images: temperature "
+                        f"{self.calibration['temperature']:.3f}, ECE {self.calibration['ece_before']:.2%} -> "
+                        f"{self.calibration['ece_after']:.2%}"
+                    )
             finally:
                 torch.set_num_threads(threads)
         return self.progress.history
@@ -394,7 +467,7 @@ class Trainer:
             for batch in range(p.batch, self.steps_per_epoch):
                 if stop.requested:
                     return False
-                index = order[batch * recipe.batch_size:(batch + 1) * recipe.batch_size]
+                index = order[batch * recipe.batch_size : (batch + 1) * recipe.batch_size]
                 images, labels = split.floats(index), split.labels[index]
                 if recipe.augment:
                     images = augment(images, generator)
@@ -404,7 +477,8 @@ class Trainer:
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(
                         f"loss became {loss.item()} at epoch {p.epoch + 1}, batch {batch + 1}; stopped; "
-                        f"{self.saved()}; try a lower --lr")
+                        f"{self.saved()}; try a lower --lr"
+                    )
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if recipe.clip_grad_norm:
@@ -436,7 +510,7 @@ class Trainer:
         # Warm-up as in TensorFlow's ExponentialMovingAverage: early on, follow the weights more closely.
         step = self.scheduler.last_epoch
         decay = min(self.recipe.ema_decay, (1 + step) / (10 + step))
-        for average, param in zip(self.ema.parameters(), self.model.parameters()):
+        for average, param in zip(self.ema.parameters(), self.model.parameters(), strict=False):
             average.lerp_(param, 1 - decay)
 
     def _finish_epoch(self) -> None:
@@ -451,20 +525,36 @@ class Trainer:
             "seconds": round(p.seconds, 3),
             "lr": self.scheduler.get_last_lr()[0],
         }
-        self.progress = replace(p, epoch=p.epoch + 1, batch=0, loss_sum=0.0, correct=0, seen=0,
-                                generator_state=None, history=[*p.history, record])
+        self.progress = replace(
+            p,
+            epoch=p.epoch + 1,
+            batch=0,
+            loss_sum=0.0,
+            correct=0,
+            seen=0,
+            generator_state=None,
+            history=[*p.history, record],
+        )
         self.save_checkpoint()
         write_history(self.run_dir, self.progress.history)
-        self.log(f"epoch {record['epoch']:>2}/{self.recipe.epochs}  train loss {record['train_loss']:.4f} "
-                 f"acc {record['train_acc']:.2%}  test loss {record['test_loss']:.4f} acc {record['test_acc']:.2%}  "
-                 f"{record['seconds']:.1f}s")
+        self.log(
+            f"epoch {record['epoch']:>2}/{self.recipe.epochs}  train loss {record['train_loss']:.4f} "
+            f"acc {record['train_acc']:.2%}  test loss {record['test_loss']:.4f} acc {record['test_acc']:.2%}  "
+            f"{record['seconds']:.1f}s"
+        )
 
     def _bar(self, done: int):
         if not self.progress_bar:
             return None
         import click
-        bar = click.progressbar(length=self.steps_per_epoch, label=f"epoch {self.progress.epoch + 1}/{self.recipe.epochs}",
-                                file=sys.stderr, item_show_func=lambda text: text, show_pos=True)
+
+        bar = click.progressbar(
+            length=self.steps_per_epoch,
+            label=f"epoch {self.progress.epoch + 1}/{self.recipe.epochs}",
+            file=sys.stderr,
+            item_show_func=lambda text: text,
+            show_pos=True,
+        )
         bar.update(done)
         return bar
 
@@ -551,25 +641,31 @@ def _conform(value: Any, reference: Any, where: str, loose: tuple[str, ...] = ()
             missing = [str(k) for k in reference if k not in value]
             extra = [str(k) for k in value if k not in reference]
             if missing or extra:
-                raise ValueError(f"{where} " + "; ".join(
-                    ([f"lacks {', '.join(missing)}"] if missing else []) + ([f"has unexpected {', '.join(extra)}"]
-                                                                              if extra else [])))
+                raise ValueError(
+                    f"{where} "
+                    + "; ".join(
+                        ([f"lacks {', '.join(missing)}"] if missing else [])
+                        + ([f"has unexpected {', '.join(extra)}"] if extra else [])
+                    )
+                )
         for key in reference:
             if key in value:
                 _conform(value[key], reference[key], f"{where}.{key}", loose)
     elif isinstance(reference, (list, tuple)):
         if not isinstance(value, (list, tuple)) or len(value) != len(reference):
             raise ValueError(f"{where} is not a list of {len(reference)}")
-        for i, (item, expected) in enumerate(zip(value, reference)):
+        for i, (item, expected) in enumerate(zip(value, reference, strict=False)):
             _conform(item, expected, f"{where}[{i}]", loose)
     elif isinstance(reference, torch.Tensor):
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"{where} is a {type(value).__name__}, not a tensor")
         if value.shape != reference.shape or value.dtype != reference.dtype:
-            raise ValueError(f"{where} is {value.dtype} {list(value.shape)}, not {reference.dtype} "
-                             f"{list(reference.shape)}")
-    elif reference is not None and not (_matches(value, float) if _matches(reference, float)
-                                        else isinstance(value, type(reference))):
+            raise ValueError(
+                f"{where} is {value.dtype} {list(value.shape)}, not {reference.dtype} {list(reference.shape)}"
+            )
+    elif reference is not None and not (
+        _matches(value, float) if _matches(reference, float) else isinstance(value, type(reference))
+    ):
         raise ValueError(f"{where} is a {type(value).__name__}, not a {type(reference).__name__}")
 
 
@@ -584,6 +680,7 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
 
 def plot_curves(history: list[dict], path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator, PercentFormatter
