@@ -75,52 +75,14 @@ def _fail(message: str, code: int = 2) -> None:
     is_flag=True,
     help="Only redraw report.png (and report.json) of the finished run in --out; no training.",
 )
-def main(
-    preset,
-    cell,
-    hidden,
-    layers,
-    epochs,
-    lr,
-    batch_size,
-    augment,
-    data_dir,
-    no_download,
-    out_dir,
-    resume,
-    limit_train,
-    seed,
-    threads,
-    device,
-    quiet,
-    report_only,
-) -> None:
+def main(**options) -> None:  # click passes every option by name
     """Train the row-by-row RNN digit classifier on MNIST.
 
     Writes checkpoint.pt, history.json, curves.png, model.txt and report.png (where the model errs on
     MNIST test) into the run directory.
     """
     try:
-        _main(
-            preset,
-            cell,
-            hidden,
-            layers,
-            epochs,
-            lr,
-            batch_size,
-            augment,
-            data_dir,
-            no_download,
-            out_dir,
-            resume,
-            limit_train,
-            seed,
-            threads,
-            device,
-            quiet,
-            report_only,
-        )
+        _main(**options)
     except KeyboardInterrupt:  # Ctrl-C during start-up (importing torch, loading MNIST): nothing written yet
         click.echo("edge-train: interrupted before training started; nothing was written", err=True)
         sys.exit(130)
