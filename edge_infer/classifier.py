@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, overload
+from typing import TYPE_CHECKING, Literal, cast, overload
 
 import numpy as np
 import onnxruntime as ort
@@ -29,12 +29,12 @@ try:  # CPython's own sha256 (HACL*), not OpenSSL's: importing hashlib loads lib
     from _sha2 import sha256  # type: ignore[import-not-found]  # Python >= 3.12
 except ImportError:
     try:
-        from _sha256 import sha256  # type: ignore[no-redef,import-not-found]  # Python <= 3.11
+        from _sha256 import sha256  # type: ignore[import-not-found]  # Python <= 3.11
     except ImportError:
-        from hashlib import sha256  # type: ignore[no-redef,assignment]
+        from hashlib import sha256
 
 if TYPE_CHECKING:
-    from edge_infer.number import NumberReading
+    from edge_infer.number import NumberPlan, NumberReading
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 BUNDLED = {False: "digit-rnn.onnx", True: "digit-rnn-int8.onnx"}
@@ -122,7 +122,7 @@ class Classifier:
 
     def __init__(
         self,
-        model: str | os.PathLike | bytes | None = None,
+        model: str | os.PathLike[str] | bytes | None = None,
         *,
         int8: bool = False,
         threads: int | None = None,
@@ -271,7 +271,7 @@ class Classifier:
         a batch-1 call (benchmarks/inference.py)."""
         session = self._session_for(rows.shape[1])
         if rows.shape[1] != 1:
-            return session.run([OUTPUT_NAME], {INPUT_NAME: rows})[0]
+            return cast(np.ndarray, session.run([OUTPUT_NAME], {INPUT_NAME: rows})[0])
         bound = getattr(self._bound, "single", None)
         if bound is None or bound[0] is not session:
             x, y = np.zeros((STEPS, 1, PIXELS), np.float32), np.zeros((1, 10), np.float32)
@@ -282,7 +282,7 @@ class Classifier:
         _, binding, x, y = bound
         x[...] = rows
         session.run_with_iobinding(binding)
-        return y.copy()
+        return cast(np.ndarray, y.copy())
 
     def predict(self, image: ImageInput) -> Prediction:
         """Classify one image: a path, file bytes, a PIL image or a numpy array (HxW or HxWxC)."""
@@ -346,7 +346,7 @@ class Classifier:
 
         if errors not in ("raise", "return"):
             raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
-        plans: list = []
+        plans: list[NumberPlan | ImageError] = []
         for image in images:
             try:
                 plans.append(plan_number(image))
@@ -380,4 +380,4 @@ def usable_cpus() -> int:
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
-    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+    return cast(np.ndarray, (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32))

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from edge_infer.classifier import Classifier, ModelError, Prediction, usable_cpus
 from edge_infer.preprocess import ImageError, ImageInput
@@ -52,7 +52,7 @@ class Options:
     save_dir: str | None = None  # write what the model saw, per image, into this directory
     quiet: bool = False  # no progress bar
 
-    def classifier_options(self) -> dict:
+    def classifier_options(self) -> dict[str, Any]:
         return {
             "model": self.model,
             "int8": self.int8,
@@ -122,7 +122,7 @@ def classify_chunk(
 _worker_classifier: Classifier | None = None
 
 
-def _start_worker(options: dict) -> None:
+def _start_worker(options: dict[str, Any]) -> None:
     global _worker_classifier
     _worker_classifier = Classifier(**options)  # its own session: onnxruntime's don't survive a fork
 
@@ -133,7 +133,7 @@ def _classify_in_worker(paths: list[str]) -> list[Prediction | ImageError]:
 
 
 def classify_all(
-    paths: list[str], stdin: bytes | None, classifier: Classifier, options: dict, jobs: int
+    paths: list[str], stdin: bytes | None, classifier: Classifier, options: dict[str, Any], jobs: int
 ) -> Generator[Prediction | ImageError, None, None]:
     """classify_chunk over all paths, in order, CHUNK at a time. Many images are decoded and classified
     by `jobs` worker processes, which send back only the predictions."""
@@ -146,7 +146,7 @@ def classify_all(
 
 
 def _classify_in_workers(
-    chunks: list[list[str]], classifier: Classifier, options: dict, jobs: int
+    chunks: list[list[str]], classifier: Classifier, options: dict[str, Any], jobs: int
 ) -> Iterator[Prediction | ImageError]:
     """Chunks classified by worker processes, in order. A worker that dies (the OOM killer, a decoder crash)
     is noticed at once; the chunks it took down are classified again here, once, so the CLI always ends."""
@@ -182,7 +182,7 @@ def format_line(path: str, prediction: Prediction, top_k: int, as_json: bool) ->
     if as_json:
         import json
 
-        record: dict = {
+        record: dict[str, Any] = {
             "path": display(path),
             "label": prediction.label if prediction.label >= 0 else None,
             "confidence": _round(prediction.confidence),
@@ -208,7 +208,8 @@ def read_number_chunks(
     """--number: a reading or an ImageError for each path, CHUNK images per read_numbers (one session.run)."""
     for start in range(0, len(paths), CHUNK):
         chunk = paths[start : start + CHUNK]
-        yield from classifier.read_numbers([stdin if path == "-" else path for path in chunk], errors="return")
+        images: list[ImageInput] = [stdin if path == "-" and stdin is not None else path for path in chunk]
+        yield from classifier.read_numbers(images, errors="return")
 
 
 def format_number(path: str, reading: NumberReading, as_json: bool) -> str:
@@ -323,12 +324,14 @@ def run(paths: tuple[str, ...] | list[str], options: Options) -> None:
                 if options.as_json:
                     lines.append(format_error(path, result, True))
             elif options.number:
-                lines.append(format_number(path, result, options.as_json))
+                lines.append(format_number(path, cast("NumberReading", result), options.as_json))
             else:
+                assert isinstance(result, Prediction)  # without --number every result is a Prediction
                 lines.append(format_line(path, result, options.top_k, options.as_json))
                 if options.save_dir:
+                    image = stdin if path == "-" and stdin is not None else path  # (stdin is read when "-" is given)
                     try:
-                        save_explanation(stdin if path == "-" else path, path, result, options.save_dir, saved_names)
+                        save_explanation(image, path, result, options.save_dir, saved_names)
                     except (OSError, ValueError) as error:
                         failed = True
                         bar.clear()
@@ -429,7 +432,7 @@ def _command() -> click.Command:
     )
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar (shown only on a terminal, for many images).")
     @click.version_option(package_name="edge-infer")
-    def command(paths: tuple[str, ...], **settings) -> None:
+    def command(paths: tuple[str, ...], **settings: Any) -> None:
         """Classify handwritten or printed digits in PATH... (image files, directories, or - for stdin).
 
         Prints one line per image: path, digit, confidence (tab-separated); '-' for the digit when the image

@@ -7,8 +7,12 @@ can use this: `@click.command(cls=OneLineErrors)`.
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 def fail(prog: str, message: str, code: int = 2) -> None:
@@ -21,7 +25,14 @@ def fail(prog: str, message: str, code: int = 2) -> None:
 class OneLineErrors(click.Command):
     """A click command whose usage errors are one line on stderr and exit code 2."""
 
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         prog = prog_name or self.name or "command"

@@ -16,10 +16,17 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from xml.sax.saxutils import escape
 
 from edge_infer.onnx_graph import ModelGraph, Node, ValueInfo, large_batch_view
+
+if TYPE_CHECKING:
+    from collections.abc import Hashable, Iterable, Mapping
+
+    from PIL import Image, ImageFont
+
+_Key = TypeVar("_Key", bound="Hashable")  # a row's key in the layout (node index, group id or value name)
 
 __all__ = ["INTEGER_OPS", "GraphSummary", "Group", "draw", "load_font", "summarize", "to_png", "to_svg"]
 
@@ -154,12 +161,12 @@ def _crossings(s: _Structure, blocks: list[set[int]]) -> float:
     return crossing / max(1, len(blocks) - 1)
 
 
-def _content(s: _Structure, block: set[int]) -> tuple:
+def _content(s: _Structure, block: set[int]) -> tuple[tuple[object, int], ...]:
     return tuple(sorted(Counter(s.sig0[n] for n in block).items()))
 
 
 def _find_group(s: _Structure, free: int) -> Group | None:
-    classes: dict = {}
+    classes: dict[object, list[int]] = {}
     for i in _bits(free):
         classes.setdefault(s.sig2[i], []).append(i)
     candidates = []
@@ -314,7 +321,7 @@ def _group_title(group: Group, width: int) -> list[str]:
     return title
 
 
-def _side_edges(edges, order: dict) -> int:
+def _side_edges(edges: Iterable[tuple[_Key, _Key]], order: Mapping[_Key, int]) -> int:
     """How many edges go round the side (between rows that are not neighbours)."""
     return sum(1 for a, b in dict.fromkeys(edges) if a in order and b in order and order[b] != order[a] + 1)
 
@@ -407,7 +414,7 @@ def _layout(summary: GraphSummary) -> tuple[list[_Shape], float, float]:
     return shapes, width, y
 
 
-def _top_edges(summary: GraphSummary) -> set[tuple]:
+def _top_edges(summary: GraphSummary) -> set[tuple[object, object]]:
     """Edges between top-level rows: graph inputs, nodes, groups, graph outputs."""
     graph = summary.graph
     row_of: dict[int, object] = {}
@@ -419,7 +426,7 @@ def _top_edges(summary: GraphSummary) -> set[tuple]:
             row_of[item] = item
     producer = {out: i for i, n in enumerate(graph.nodes) for out in n.outputs}
     inputs, outputs = {v.name for v in graph.inputs}, {v.name for v in graph.outputs}
-    edges = set()
+    edges: set[tuple[object, object]] = set()
     for i, node in enumerate(graph.nodes):
         if i not in row_of:
             continue
@@ -445,7 +452,13 @@ def _internal_edges(summary: GraphSummary, group: Group) -> list[tuple[int, int]
 
 
 def _edges(
-    shapes: list[_Shape], edges, spans: dict, x: float, width: float, style: str, order: dict | None = None
+    shapes: list[_Shape],
+    edges: Iterable[tuple[_Key, _Key]],
+    spans: Mapping[_Key, tuple[float, float]],
+    x: float,
+    width: float,
+    style: str,
+    order: Mapping[_Key, int] | None = None,
 ) -> None:
     """Arrows: straight down between neighbouring rows, round the left side otherwise."""
     keys = list(spans) if order is None else sorted(spans, key=lambda k: order[k])
@@ -534,7 +547,7 @@ def to_svg(summary: GraphSummary) -> str:
     return "\n".join(out) + "\n"
 
 
-def load_font(size: int, bold: bool = False):
+def load_font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     from PIL import ImageFont
 
     for name in (("DejaVuSansMono-Bold.ttf" if bold else "DejaVuSansMono.ttf"), "DejaVuSans.ttf"):
@@ -548,7 +561,7 @@ def load_font(size: int, bold: bool = False):
         return ImageFont.load_default()
 
 
-def to_png(summary: GraphSummary, scale: float = 1.5):
+def to_png(summary: GraphSummary, scale: float = 1.5) -> Image.Image:
     """The same picture as a PIL image (drawn with Pillow, no system packages)."""
     from PIL import Image, ImageDraw
 
@@ -561,7 +574,7 @@ def to_png(summary: GraphSummary, scale: float = 1.5):
         "title": load_font(int((FONT + 3) * scale), bold=True),
     }
 
-    def p(point):
+    def p(point: tuple[float, float]) -> tuple[float, float]:
         return (point[0] * scale, point[1] * scale)
 
     for shape in shapes:

@@ -40,7 +40,7 @@ def describe_os_error(error: OSError) -> str:
 
 
 def read_regular_file(
-    path: str | os.PathLike, max_bytes: int, check_head: Callable[[bytes], object] | None = None
+    path: str | os.PathLike[str], max_bytes: int, check_head: Callable[[bytes], object] | None = None
 ) -> bytes:
     """The whole file, if it is a regular file of 1..max_bytes bytes whose first HEAD_BYTES bytes pass
     check_head (which raises to refuse). Raises FileRefused with a one-line reason otherwise."""

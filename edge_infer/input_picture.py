@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -94,7 +95,7 @@ def explain(
 
 
 def save_explanation(
-    image: ImageInput, display_path: str, prediction: Prediction, out_dir: str | os.PathLike, used: set[str]
+    image: ImageInput, display_path: str, prediction: Prediction, out_dir: str | os.PathLike[str], used: set[str]
 ) -> Path:
     """explain() into out_dir/<image name>.png ('stdin.png' for '-'); a name seen before in `used` gets -2, -3."""
     stem = "stdin" if display_path == "-" else Path(display_path).stem or "image"
@@ -110,7 +111,7 @@ def save_explanation(
 
 def input_pixels(digit: np.ndarray) -> np.ndarray:
     """The model input [28, 28] in [0, 1] as the 8-bit grey levels drawn (1.0 -> 255, bright ink)."""
-    return np.round(np.clip(digit, 0.0, 1.0) * 255).astype(np.uint8)
+    return cast(np.ndarray, np.round(np.clip(digit, 0.0, 1.0) * 255).astype(np.uint8))
 
 
 _classifier: Classifier | None = None

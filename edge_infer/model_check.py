@@ -151,9 +151,9 @@ def _check_node(node: memoryview, depth: int = 0) -> None:
         if wire != WIRE_BYTES:
             continue
         if n == NODE_OP_TYPE:
-            op_type = bytes(value).decode("utf-8", "replace")  # type: ignore[arg-type]
+            op_type = bytes(value).decode("utf-8", "replace")
         elif n == NODE_DOMAIN:
-            domain = bytes(value).decode("utf-8", "replace")  # type: ignore[arg-type]
+            domain = bytes(value).decode("utf-8", "replace")
         elif n == NODE_ATTRIBUTE:
             for a, a_wire, a_value in _fields(value):  # type: ignore[arg-type]
                 if a_wire != WIRE_BYTES:

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 __all__ = ["DATA_TYPES", "INTEGER_TYPES", "ModelGraph", "Node", "OnnxFormatError", "Tensor", "ValueInfo", "read_model"]
 
@@ -116,9 +120,10 @@ def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
             raise OnnxFormatError("varint too long")
 
 
-def _fields(buf: bytes, start: int = 0, end: int | None = None):
+def _fields(buf: bytes, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int, Any]]:
     """(field number, wire type, value) for each field of one message; value is an int for varints and
-    fixed-size fields, or (start, end) of the bytes for length-delimited ones."""
+    fixed-size fields, or (start, end) of the bytes for length-delimited ones (hence Any: the wire type,
+    which every reader checks first, says which)."""
     pos, end = start, len(buf) if end is None else end
     while pos < end:
         key, pos = _varint(buf, pos, end)
@@ -151,7 +156,7 @@ def _signed(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def _ints(buf: bytes, wire: int, value) -> list[int]:
+def _ints(buf: bytes, wire: int, value: Any) -> list[int]:
     """A repeated int64 field: one varint, or a packed run of them."""
     if wire == 0:
         return [_signed(value)]
@@ -165,7 +170,7 @@ def _ints(buf: bytes, wire: int, value) -> list[int]:
 # -- the messages we read --------------------------------------------------------------------------
 
 
-def _node(buf: bytes, span) -> Node:
+def _node(buf: bytes, span: tuple[int, int]) -> Node:
     inputs, outputs, name, op_type, domain = [], [], "", "", ""
     subgraphs: list[tuple[str, ModelGraph]] = []
     for number, wire, value in _fields(buf, *span):
@@ -194,7 +199,7 @@ def _node(buf: bytes, span) -> Node:
     return Node(op_type, tuple(inputs), tuple(outputs), name, domain, tuple(subgraphs))
 
 
-def _tensor(buf: bytes, span) -> Tensor:
+def _tensor(buf: bytes, span: tuple[int, int]) -> Tensor:
     dims: list[int] = []
     data_type, name, external = 0, "", False
     for number, wire, value in _fields(buf, *span):
@@ -211,7 +216,7 @@ def _tensor(buf: bytes, span) -> Tensor:
     return Tensor(name, tuple(dims), DATA_TYPES.get(data_type, f"type{data_type}"), external)
 
 
-def _shape(buf: bytes, span) -> tuple[int | str | None, ...]:
+def _shape(buf: bytes, span: tuple[int, int]) -> tuple[int | str | None, ...]:
     dims: list[int | str | None] = []
     for number, wire, value in _fields(buf, *span):
         if number == 1 and wire == 2:  # Dimension
@@ -225,7 +230,7 @@ def _shape(buf: bytes, span) -> tuple[int | str | None, ...]:
     return tuple(dims)
 
 
-def _value_info(buf: bytes, span) -> ValueInfo:
+def _value_info(buf: bytes, span: tuple[int, int]) -> ValueInfo:
     name, data_type, shape = "", None, None
     for number, wire, value in _fields(buf, *span):
         if number == 1 and wire == 2:
@@ -241,7 +246,7 @@ def _value_info(buf: bytes, span) -> ValueInfo:
     return ValueInfo(name, data_type, shape)
 
 
-def _graph(buf: bytes, span, model: ModelGraph) -> None:
+def _graph(buf: bytes, span: tuple[int, int], model: ModelGraph) -> None:
     inputs: list[ValueInfo] = []
     for number, wire, value in _fields(buf, *span):
         if wire != 2:
@@ -260,7 +265,7 @@ def _graph(buf: bytes, span, model: ModelGraph) -> None:
     model.inputs = [i for i in inputs if i.name not in model.initializers]
 
 
-def _pair(buf: bytes, span) -> tuple[str, str]:
+def _pair(buf: bytes, span: tuple[int, int]) -> tuple[str, str]:
     """OperatorSetIdProto (domain=1, version=2) or StringStringEntryProto (key=1, value=2)."""
     first, second = "", ""
     for number, wire, value in _fields(buf, *span):

@@ -22,11 +22,15 @@ import io
 import os
 import struct
 import warnings
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from edge_infer.files import HEAD_BYTES, FileRefused, read_regular_file
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = [
     "ImageError",
@@ -41,7 +45,7 @@ __all__ = [
     "preprocess",
 ]
 
-ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
+ImageInput = str | os.PathLike[str] | bytes | Image.Image | np.ndarray
 
 MAX_PIXELS = 40_000_000  # refuse anything larger before decoding: ~a 7000x6000 photo is already generous
 WORK_SIZE = 512  # longest side we compute on; a digit filling 1/8 of the frame keeps ~60 px
@@ -163,20 +167,21 @@ def load_image(image: ImageInput) -> Image.Image:
     Takes the first frame of animations, applies EXIF orientation and shrinks huge
     images so the longest side is at most WORK_SIZE. Raises ImageError on bad input.
     """
-    if isinstance(image, np.ndarray):
-        img = _from_array(image)
-    elif isinstance(image, Image.Image):
-        img = _from_pil(image)
-    elif isinstance(image, (bytes, bytearray, memoryview)):
-        img = _decode(bytes(image))
-    elif isinstance(image, (str, os.PathLike)):
+    source: object = image  # untyped callers may pass anything: refused below, not assumed away
+    if isinstance(source, np.ndarray):
+        img = _from_array(source)
+    elif isinstance(source, Image.Image):
+        img = _from_pil(source)
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        img = _decode(bytes(source))
+    elif isinstance(source, (str, os.PathLike)):
         try:
-            data = read_regular_file(image, MAX_FILE_BYTES, sniff_format)
+            data = read_regular_file(source, MAX_FILE_BYTES, sniff_format)
         except FileRefused as e:
             raise ImageError(str(e)) from None
         img = _decode(data)
     else:
-        kind = type(image).__name__
+        kind = type(source).__name__
         raise ImageError(f"unsupported input type {kind}; expected a path, bytes, PIL image or numpy array")
 
     if img.width == 0 or img.height == 0:
@@ -265,7 +270,7 @@ def _decode(data: bytes) -> Image.Image:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError("image too large to decode safely") from None
-    except Image.UnidentifiedImageError:
+    except UnidentifiedImageError:
         raise ImageError("not an image (unrecognised format)") from None
     except (
         OSError,
@@ -283,7 +288,7 @@ def _decode(data: bytes) -> Image.Image:
         raise ImageError(f"image data is truncated or corrupt ({_one_line(e)[:200]})") from None
 
 
-def _opener(fmt: str):
+def _opener(fmt: str) -> Callable[[io.BytesIO, str], Image.Image]:
     """The Pillow plugin's open function for fmt, importing that plugin (and only it) on first use."""
     importlib.import_module(f"PIL.{FORMAT_PLUGINS[fmt]}")
     return Image.OPEN[fmt][0]
@@ -381,7 +386,7 @@ def to_grey(img: Image.Image) -> np.ndarray:
         return np.asarray(img).astype(np.float32) / 65535.0  # the full 16-bit range, not clipped at 255
     if mode == "I":
         a = np.asarray(img).astype(np.float32)
-        return np.clip(a / (65535.0 if a.max() > 255 else 255.0), 0.0, 1.0)  # 16-bit PNGs open as "I"
+        return cast(np.ndarray, np.clip(a / (65535.0 if a.max() > 255 else 255.0), 0.0, 1.0))  # 16-bit PNGs open as "I"
     if mode == "F":  # expected in [0, 1]; floats on a 0..255 scale are recognised and rescaled
         a = np.nan_to_num(np.asarray(img, dtype=np.float32))
         return np.clip(a / 255.0 if a.max() > 1.0 else a, 0.0, 1.0)
@@ -420,7 +425,7 @@ def _flatten_alpha(grey: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         return np.ones_like(grey)  # fully transparent: nothing to see
     ink = float((grey * alpha).sum()) / total  # alpha-weighted mean luminance of what is drawn
     background = 1.0 if ink < 0.5 else 0.0
-    return grey * alpha + background * (1.0 - alpha)
+    return cast(np.ndarray, grey * alpha + background * (1.0 - alpha))
 
 
 # -----------------------------------------------------------------------------
@@ -533,7 +538,7 @@ def _ink_against(g: np.ndarray, surface: np.ndarray, sigma: float) -> np.ndarray
     if level < max(MIN_CONTRAST, 3.0 * sigma):  # a few noise specks are not a digit
         return None
     ink /= level
-    return np.minimum(ink, 1.0, out=ink)
+    return cast(np.ndarray, np.minimum(ink, 1.0, out=ink))
 
 
 def _brighter_darker(r: np.ndarray, tol: float) -> tuple[float, float]:
@@ -669,7 +674,7 @@ def _box_sum3(m: np.ndarray) -> np.ndarray:
     """Number of set pixels in each 3x3 neighbourhood (including the pixel itself)."""
     p = np.pad(m.astype(np.uint8), 1)
     rows = p[:-2] + p[1:-1] + p[2:]
-    return rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
+    return cast(np.ndarray, rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:])
 
 
 def _percentile(a: np.ndarray, q: float) -> float:
@@ -714,7 +719,7 @@ def _fit_box(crop: np.ndarray) -> np.ndarray:
     # BOX = area averaging when shrinking (what anti-aliasing a binary digit means, no ringing);
     # bilinear when enlarging a tiny digit, where BOX would be blocky nearest-neighbour.
     resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
-    return np.clip(_resize(crop, size, resample), 0.0, 1.0)
+    return cast(np.ndarray, np.clip(_resize(crop, size, resample), 0.0, 1.0))
 
 
 def _resize(a: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
@@ -750,7 +755,7 @@ def _thicken(crop: np.ndarray) -> np.ndarray:
     # widen diagonals by sqrt(2) more than verticals) and leaves pen-like round ends
     radius = r + 0.5
     p = np.pad(crop, r)  # room for the strokes to grow past the old border
-    out = p.copy()
+    out: np.ndarray = p.copy()
     h, w = crop.shape
     for dy in range(-r, r + 1):
         for dx in range(-r, r + 1):
