@@ -49,6 +49,30 @@ def _bundled_onnx():
     return onnx, onnx.load(str(bundled_model_path()))
 
 
+def _relu_rnn_like_bundled(onnx, bundled, input_scale: float = 1.0) -> bytes:
+    """A small ReLU RNN graph (export.graph, per-step form) with the bundled model's metadata and versions, its
+    input weights scaled by input_scale and its output weights by 1e10."""
+    from export.graph import build_graph
+
+    rng = np.random.default_rng(0)
+    hidden = 16
+    shapes = {
+        "rnn.weight_ih_l0": (hidden, 28),
+        "rnn.weight_hh_l0": (hidden, hidden),
+        "rnn.bias_ih_l0": (hidden,),
+        "rnn.bias_hh_l0": (hidden,),
+        "fc.weight": (10, hidden),
+        "fc.bias": (10,),
+    }
+    state = {name: rng.normal(0, 0.1, shape).astype(np.float32) for name, shape in shapes.items()}
+    state["rnn.weight_ih_l0"] *= np.float32(input_scale)
+    state["fc.weight"] *= np.float32(1e10)  # a huge state overflows the logits; a blank input's small one doesn't
+    model = build_graph(state, "rnn", hidden, 1, form="per-step")
+    model.ir_version = bundled.ir_version
+    model.metadata_props.extend(bundled.metadata_props)
+    return model.SerializeToString()
+
+
 def test_model_with_external_data_cannot_read_files_in_the_working_directory(tmp_path):
     onnx, model = _bundled_onnx()
     secret = tmp_path / "secret.txt"
@@ -182,9 +206,10 @@ def test_non_finite_logits_are_refused_never_printed(tmp_path):
 
     with pytest.raises(ModelError, match="NaN or infinite"):  # NaN weights: refused at load
         Classifier(with_weight("Wo", lambda w: np.full_like(w, np.nan)))
-    # Finite on a blank input, infinite as soon as there is ink: refused when classifying.
+    # Finite on a blank input, infinite as soon as there is ink: refused when classifying. (A ReLU RNN, whose
+    # state is unbounded: the bundled cell's gates saturate, so no input weight can make its logits explode.)
     exploding = tmp_path / "exploding.onnx"
-    exploding.write_bytes(with_weight("Wi0", lambda w: w * np.float32(3e38)))
+    exploding.write_bytes(_relu_rnn_like_bundled(onnx, model, input_scale=3e38))
     with pytest.raises(ModelError, match="NaN or infinite"):
         Classifier(exploding).predict(SEVEN)
     result = cli("--json", "--model", str(exploding), str(SEVEN))
