@@ -120,7 +120,7 @@ def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
             raise OnnxFormatError("varint too long")
 
 
-def _fields(buf: bytes, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int, Any]]:
+def fields(buf: bytes, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int, Any]]:
     """(field number, wire type, value) for each field of one message; value is an int for varints and
     fixed-size fields, or (start, end) of the bytes for length-delimited ones (hence Any: the wire type,
     which every reader checks first, says which)."""
@@ -173,7 +173,7 @@ def _ints(buf: bytes, wire: int, value: Any) -> list[int]:
 def _node(buf: bytes, span: tuple[int, int]) -> Node:
     inputs, outputs, name, op_type, domain = [], [], "", "", ""
     subgraphs: list[tuple[str, ModelGraph]] = []
-    for number, wire, value in _fields(buf, *span):
+    for number, wire, value in fields(buf, *span):
         if wire != 2:
             continue
         if number == 1:
@@ -188,7 +188,7 @@ def _node(buf: bytes, span: tuple[int, int]) -> Node:
             domain = _text(buf, value)
         elif number == 5:  # AttributeProto: name = 1, g (a graph) = 6
             attribute, graph = "", None
-            for n2, w2, v2 in _fields(buf, *value):
+            for n2, w2, v2 in fields(buf, *value):
                 if n2 == 1 and w2 == 2:
                     attribute = _text(buf, v2)
                 elif n2 == 6 and w2 == 2:
@@ -202,7 +202,7 @@ def _node(buf: bytes, span: tuple[int, int]) -> Node:
 def _tensor(buf: bytes, span: tuple[int, int]) -> Tensor:
     dims: list[int] = []
     data_type, name, external = 0, "", False
-    for number, wire, value in _fields(buf, *span):
+    for number, wire, value in fields(buf, *span):
         if number == 1:
             dims.extend(_ints(buf, wire, value))
         elif number == 2 and wire == 0:
@@ -218,10 +218,10 @@ def _tensor(buf: bytes, span: tuple[int, int]) -> Tensor:
 
 def _shape(buf: bytes, span: tuple[int, int]) -> tuple[int | str | None, ...]:
     dims: list[int | str | None] = []
-    for number, wire, value in _fields(buf, *span):
+    for number, wire, value in fields(buf, *span):
         if number == 1 and wire == 2:  # Dimension
             dim: int | str | None = None
-            for n, w, v in _fields(buf, *value):
+            for n, w, v in fields(buf, *value):
                 if n == 1 and w == 0:
                     dim = _signed(v)
                 elif n == 2 and w == 2:
@@ -232,13 +232,13 @@ def _shape(buf: bytes, span: tuple[int, int]) -> tuple[int | str | None, ...]:
 
 def _value_info(buf: bytes, span: tuple[int, int]) -> ValueInfo:
     name, data_type, shape = "", None, None
-    for number, wire, value in _fields(buf, *span):
+    for number, wire, value in fields(buf, *span):
         if number == 1 and wire == 2:
             name = _text(buf, value)
         elif number == 2 and wire == 2:  # TypeProto
-            for n, w, v in _fields(buf, *value):
+            for n, w, v in fields(buf, *value):
                 if n == 1 and w == 2:  # tensor_type
-                    for n2, w2, v2 in _fields(buf, *v):
+                    for n2, w2, v2 in fields(buf, *v):
                         if n2 == 1 and w2 == 0:
                             data_type = DATA_TYPES.get(v2, f"type{v2}")
                         elif n2 == 2 and w2 == 2:
@@ -248,7 +248,7 @@ def _value_info(buf: bytes, span: tuple[int, int]) -> ValueInfo:
 
 def _graph(buf: bytes, span: tuple[int, int], model: ModelGraph) -> None:
     inputs: list[ValueInfo] = []
-    for number, wire, value in _fields(buf, *span):
+    for number, wire, value in fields(buf, *span):
         if wire != 2:
             continue
         if number == 1:
@@ -268,7 +268,7 @@ def _graph(buf: bytes, span: tuple[int, int], model: ModelGraph) -> None:
 def _pair(buf: bytes, span: tuple[int, int]) -> tuple[str, str]:
     """OperatorSetIdProto (domain=1, version=2) or StringStringEntryProto (key=1, value=2)."""
     first, second = "", ""
-    for number, wire, value in _fields(buf, *span):
+    for number, wire, value in fields(buf, *span):
         if number == 1 and wire == 2:
             first = _text(buf, value)
         elif number == 2:
@@ -333,7 +333,7 @@ def read_model(blob: bytes) -> ModelGraph:
     model = ModelGraph()
     seen_graph = False
     try:
-        for number, wire, value in _fields(buf):
+        for number, wire, value in fields(buf):
             if number == 1 and wire == 0:
                 model.ir_version = value
             elif number == 2 and wire == 2:
