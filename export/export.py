@@ -71,6 +71,13 @@ class ExportReport:
     int8_static_accuracy: float | None = None
     ort_paths: list[Path] = field(default_factory=list)  # export.formats: .ort models + operator lists
 
+    def _quantized_line(self, what: str, path: Path, accuracy: float) -> str:
+        size, ratio = path.stat().st_size, path.stat().st_size / self.fp32_path.stat().st_size
+        return (
+            f"{what}: {path} ({size / 1024:.1f} KiB, {ratio:.0%} of fp32), MNIST test accuracy {accuracy:.2%} "
+            f"({(accuracy - self.fp32_accuracy) * 100:+.2f} points)"
+        )
+
     def summary(self) -> str:
         lines = [
             f"parity on {self.parity_images} MNIST test images: max |logit diff| {self.max_abs_diff:.2e} "
@@ -79,22 +86,12 @@ class ExportReport:
             f"MNIST test accuracy {self.fp32_accuracy:.2%}"
             + (f" (checkpoint: {self.checkpoint_accuracy:.2%})" if self.checkpoint_accuracy is not None else ""),
         ]
-        if self.int8_path is not None:
-            ratio = self.int8_path.stat().st_size / self.fp32_path.stat().st_size
-            lines.append(
-                f"int8: {self.int8_path} ({self.int8_path.stat().st_size / 1024:.1f} KiB, {ratio:.0%} of fp32), "
-                f"MNIST test accuracy {self.int8_accuracy:.2%} "
-                f"({(self.int8_accuracy - self.fp32_accuracy) * 100:+.2f} points)"
-            )
+        if self.int8_path is not None and self.int8_accuracy is not None:
+            lines.append(self._quantized_line("int8", self.int8_path, self.int8_accuracy))
             if self.int8_changes:
                 lines.append(self.int8_changes)
-        if self.int8_static_path is not None:
-            ratio = self.int8_static_path.stat().st_size / self.fp32_path.stat().st_size
-            lines.append(
-                f"static int8 (QDQ): {self.int8_static_path} ({self.int8_static_path.stat().st_size / 1024:.1f} "
-                f"KiB, {ratio:.0%} of fp32), MNIST test accuracy {self.int8_static_accuracy:.2%} "
-                f"({(self.int8_static_accuracy - self.fp32_accuracy) * 100:+.2f} points)"
-            )
+        if self.int8_static_path is not None and self.int8_static_accuracy is not None:
+            lines.append(self._quantized_line("static int8 (QDQ)", self.int8_static_path, self.int8_static_accuracy))
         if self.ort_paths:
             lines.append("ORT format (same logits as the .onnx): " + ", ".join(str(p) for p in self.ort_paths))
         return "\n".join(lines)
