@@ -27,6 +27,7 @@ from pathlib import Path
 import onnx
 
 from edge_infer.classifier import BUNDLED, MODELS_DIR, PROVENANCE
+from export.int8_exact import cpu_kind
 from train import DEFAULT_THREADS
 from train.files import atomic_write
 from train.trainer import load_checkpoint
@@ -36,7 +37,8 @@ SEED = 0
 # recipe reads other writers, pens and scanners far better than the seed's ReLU RNN at a small run-time cost.
 CELL = "gru"
 # Pinned in the command, not left to the default: the trained weights depend on the thread count, and the
-# bundle must come out byte for byte the same on any machine.
+# bundle must come out byte for byte the same on any machine of the same CPU kind. (Across kinds torch's
+# float kernels differ, so the trained weights differ in their last bits; provenance records the kind.)
 THREADS = DEFAULT_THREADS
 
 
@@ -104,6 +106,7 @@ def main() -> None:
             "test_acc": history[-1]["test_acc"],
             "seed": SEED,
             "threads": load_checkpoint(Path(args.run_dir, "checkpoint.pt"))["threads"],
+            "cpu": cpu_kind(),  # the instruction sets the weights were trained and checked with
         },
         "versions": {
             "python": platform.python_version(),

@@ -72,7 +72,7 @@ def _fail(message: str, code: int = 2) -> None:
 )
 def main(checkpoint, out, int8_out, int8_static_out, ort, opset, form, data_dir, no_download, graph_file) -> None:
     """Export an edge-train CHECKPOINT to ONNX, after checking parity with torch on real MNIST images."""
-    from export.export import CheckpointError, ExportError, export, load_trained
+    from export.export import CheckpointError, ExportError, IncompleteExport, export, load_trained
     from train.data import DataError, load_mnist
 
     if not checkpoint.is_file():
@@ -98,6 +98,9 @@ def main(checkpoint, out, int8_out, int8_static_out, ort, opset, form, data_dir,
         )
     except (DataError, CheckpointError) as error:  # unusable input
         _fail(str(error), code=2)
+    except IncompleteExport as error:  # fp32 (and what else passed) written; the failed formats not
+        click.echo(error.report.summary())
+        _fail(str(error), code=1)
     except ExportError as error:  # a check failed
         _fail(str(error), code=1)
     except OSError as error:  # e.g. no permission to write there

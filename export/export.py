@@ -6,9 +6,11 @@
    edge_infer.Classifier, so with the session options the runtime really uses:
    fp32: parity with torch on real MNIST test images (max |logit difference| <= 1e-4 and 100 % argmax
          agreement) and MNIST test accuracy;
-   int8: dynamic quantization (int8 weights, VNNI-friendly u8 x s8): integer ops on the recurrent weights
-         and test accuracy within 0.3 points of fp32;
-3. write those checked bytes (atomically), only once every format has passed.
+   int8: dynamic quantization (uint8 weights and activations: exact on every CPU): integer ops on the
+         recurrent weights, every int32 product exact on this CPU (export.int8_exact), and test accuracy
+         within 0.3 points of fp32;
+3. write those checked bytes (atomically): nothing if fp32 failed; otherwise fp32 and every format that
+   passed (IncompleteExport names the ones that did not).
 
 A new output format is one function (Source -> Artifact, running its own gates via ship()) and one FORMATS
 entry.
@@ -32,7 +34,7 @@ from onnx import numpy_helper
 
 from edge_infer import Classifier, ModelError
 from edge_infer.model_info import INPUT_NAME, OUTPUT_NAME, ModelInfo, to_rows
-from export import formats
+from export import formats, int8_exact
 from export.graph import AUTO_FORMS, FORMS, IR_FOR_OPSET, MIN_ORT_FOR_OPSET, OPSETS, SWITCH_BATCH, build_graph
 from train.data import Split
 from train.files import atomic_write
@@ -43,6 +45,7 @@ from train.trainer import load_checkpoint, require_keys
 PARITY_IMAGES = 1000
 PARITY_MAX_ABS_DIFF = 1e-4
 INT8_MAX_ACCURACY_DROP = 0.003  # fraction: 0.3 percentage points
+EXACT_CHECK_IMAGES = 500  # images whose every int32 product the int8 gate recomputes exactly
 RUN_BATCH = 1000  # images per session.run in the checks (int8 scales activations per batch, so it matters)
 
 
@@ -52,6 +55,17 @@ class ExportError(RuntimeError):
 
 class CheckpointError(ExportError):
     """The checkpoint is missing, corrupt or not edge-train's."""
+
+
+class IncompleteExport(ExportError):
+    """fp32 passed and was written, with every other format that passed; `failed` ({format: why}) were not.
+    The message is one line naming both."""
+
+    def __init__(self, report: ExportReport, failed: dict[str, str]) -> None:
+        self.report, self.failed = report, failed
+        written = ", ".join(f"{name} {path}" for name, path in report.paths.items())
+        reasons = "; ".join(f"{name} not written: {why}" for name, why in failed.items())
+        super().__init__(f"{reasons} (written: {written})")
 
 
 @dataclass
@@ -176,16 +190,23 @@ def integer_recurrent_ops(model: onnx.ModelProto) -> list[str]:
     ]
 
 
+# Weights as uint8 (per channel, asymmetric), activations uint8: u8 x u8 products are exact on every CPU
+# onnxruntime runs on (x86 widens them to 16 bits and adds in 32; ARM's UDOT adds in 32). u8 x s8, the
+# quantizer's default, is not: x86 without VNNI (AVX2, SSE) adds pairs of products in 16 bits and saturates,
+# which cost 1.5-3 points of accuracy there (export.int8_exact measures it; README "Devices").
+WEIGHT_TYPE = "uint8 per-channel asymmetric"
+
+
 def quantize_int8(fp32_matmul: onnx.ModelProto) -> onnx.ModelProto:
-    """Dynamic quantization: int8 per-channel weights, uint8 activations quantized per step at run time
-    (u8 x s8 runs on AVX-512 VNNI). Node and tensor names are shortened to keep the file small."""
+    """Dynamic quantization: uint8 per-channel weights, uint8 activations quantized per step at run time
+    (see WEIGHT_TYPE). Node and tensor names are shortened to keep the file small."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory() as tmp, _quiet_root_logger():
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(fp32_matmul, src)
         quantize_dynamic(
-            src, dst, weight_type=QuantType.QInt8, per_channel=True, extra_options={"MatMulConstBOnly": True}
+            src, dst, weight_type=QuantType.QUInt8, per_channel=True, extra_options={"MatMulConstBOnly": True}
         )
         model = onnx.load(dst)
     _shorten_names(model)
@@ -343,7 +364,7 @@ class Source:
         blob = final_bytes(model, final, self.opset)
         if gate(runtime_classifier(blob), blob) != (accuracy, checks):
             raise ExportError(
-                f"the final {precision} model does not reproduce the results in its metadata; nothing written"
+                f"the final {precision} model does not reproduce the results in its metadata; not written"
             )
         return Artifact(blob, final)
 
@@ -390,21 +411,30 @@ def export_int8(src: Source) -> Artifact:
     fp32_accuracy = src.shipped["fp32"].info.mnist_test_accuracy
 
     def gate(classifier: Classifier, blob: bytes) -> tuple[float, dict]:
-        recurrent = integer_recurrent_ops(onnx.load_from_string(blob))
+        shipped = onnx.load_from_string(blob)
+        recurrent = integer_recurrent_ops(shipped)
         if not recurrent:
-            raise ExportError("int8 graph has no integer ops on the recurrent weights; nothing written")
+            raise ExportError("the int8 graph has no integer ops on the recurrent weights")
+        # Exact integer products here mean the same answers on every CPU (export.int8_exact).
+        products = int8_exact.check(int8_exact.instrument(shipped), to_rows(src.images[:EXACT_CHECK_IMAGES]))
+        if not products.exact:
+            raise ExportError(
+                f"onnxruntime's integer kernels on this CPU ({int8_exact.cpu_kind()}) give inexact int32 "
+                f"products ({products.summary()}): the model would answer differently on other CPUs"
+            )
         accuracy = src.accuracy(onnx_logits(classifier, src.images))
         drop = fp32_accuracy - accuracy
         if drop > INT8_MAX_ACCURACY_DROP:
             raise ExportError(
                 f"int8 MNIST test accuracy {accuracy:.2%} is {drop * 100:.2f} points below fp32 "
-                f"{fp32_accuracy:.2%} (limit {INT8_MAX_ACCURACY_DROP * 100:.1f}); nothing written"
+                f"{fp32_accuracy:.2%} (limit {INT8_MAX_ACCURACY_DROP * 100:.1f})"
             )
         return accuracy, {
             "fp32_mnist_test_accuracy": fp32_accuracy,
             "accuracy_drop": round(drop, 6),
             "integer_recurrent_ops": len(recurrent),
-            "weights": "int8 per-channel, dynamic uint8 activations",
+            "weights": f"{WEIGHT_TYPE}, dynamic uint8 activations",
+            "integer_products": f"{products.summary()} on {EXACT_CHECK_IMAGES} MNIST test images",
         }
 
     return src.ship(quantize_int8(src.graph("per-step", gemm=False)), "int8", "per-step-int8", gate)
@@ -426,25 +456,26 @@ def export_int8_static(src: Source) -> Artifact:
         shipped = onnx.load_from_string(blob)
         recurrent = formats.qdq_recurrent_weights(shipped)
         if not recurrent:
-            raise ExportError("static int8 graph has no int8 recurrent weights; nothing written")
+            raise ExportError("the static int8 graph has no int8 recurrent weights")
         left_float = sorted(
-            t.name for t in shipped.graph.initializer if t.name in matrices and t.data_type != TensorProto.INT8
+            t.name
+            for t in shipped.graph.initializer
+            if t.name in matrices and t.data_type not in (TensorProto.INT8, TensorProto.UINT8)
         )
         if left_float:
-            raise ExportError(f"static int8 graph keeps float weights ({', '.join(left_float)}); nothing written")
+            raise ExportError(f"the static int8 graph keeps float weights ({', '.join(left_float)})")
         accuracy = src.accuracy(onnx_logits(classifier, src.images))
         drop = fp32_accuracy - accuracy
         if drop > formats.STATIC_MAX_ACCURACY_DROP:
             raise ExportError(
                 f"static int8 MNIST test accuracy {accuracy:.2%} is {drop * 100:.2f} points below fp32 "
-                f"{fp32_accuracy:.2%} (limit {formats.STATIC_MAX_ACCURACY_DROP * 100:.1f}); "
-                f"nothing written"
+                f"{fp32_accuracy:.2%} (limit {formats.STATIC_MAX_ACCURACY_DROP * 100:.1f})"
             )
         return accuracy, {
             "fp32_mnist_test_accuracy": fp32_accuracy,
             "accuracy_drop": round(drop, 6),
             "int8_recurrent_weights": len(recurrent),
-            "weights": "int8 symmetric per-channel; uint8 activations, static (QDQ)",
+            "weights": "uint8 per-channel asymmetric; uint8 activations, static (QDQ)",
             "calibration": f"{min(formats.CALIBRATION_IMAGES, len(src.train_images))} MNIST training images (MinMax)",
         }
 
@@ -473,9 +504,10 @@ def export(
     ort: bool = False,
 ) -> ExportReport:
     """Export checkpoint to out (fp32), int8_out, int8_static_out and any further outputs {format: path}
-    (FORMATS keys), running every check first. Raises ExportError; nothing is written unless every format
-    passed. The static int8 model is calibrated on `train` images; ort: also write each model in ORT format
-    beside it, checked for the same logits (export.formats)."""
+    (FORMATS keys), running every check first. Raises ExportError: nothing is written if fp32 fails its
+    checks; if another format fails, fp32 and every format that passed are written and IncompleteExport
+    (report and reasons inside) is raised. The static int8 model is calibrated on `train` images; ort: also
+    write each model in ORT format beside it, checked for the same logits (export.formats)."""
     if opset not in OPSETS:
         raise ExportError(f"--opset must be between {OPSETS[0]} and {OPSETS[-1]}, not {opset}")
     if form not in FORMS:
@@ -506,11 +538,18 @@ def export(
         form=form,
         train_images=train.images.numpy() if train is not None else None,
     )
-    for name, build in FORMATS.items():  # fp32, always wanted, comes first
+    failed: dict[str, str] = {}
+    for name, build in FORMATS.items():  # fp32, always wanted, comes first: if it fails, nothing is written
         if name in wanted:
-            src.shipped[name] = build(src)
+            try:
+                src.shipped[name] = build(src)
+            except ExportError as error:
+                if name == "fp32":
+                    raise
+                failed[name] = str(error)
 
-    # Write only after every check passed: exactly the bytes the checks ran on.
+    # Write what passed, exactly the bytes the checks ran on; a format that failed its checks is not written.
+    wanted = {name: path for name, path in wanted.items() if name in src.shipped}
     for name, path in wanted.items():
         write_bytes(src.shipped[name].blob, path)
     fp32 = src.shipped["fp32"].info
@@ -532,5 +571,12 @@ def export(
         report.int8_static_path = Path(wanted["int8-static"])
         report.int8_static_accuracy = src.shipped["int8-static"].info.mnist_test_accuracy
     if ort:
-        report.ort_paths = formats.write_ort_checked([Path(path) for path in wanted.values()], images[:parity_images])
+        try:
+            report.ort_paths = formats.write_ort_checked(
+                [Path(path) for path in wanted.values()], images[:parity_images]
+            )
+        except ExportError as error:
+            failed["ort"] = str(error)
+    if failed:
+        raise IncompleteExport(report, failed)
     return report

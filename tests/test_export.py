@@ -14,6 +14,7 @@ import onnxruntime as ort  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 import export.export as exporter  # noqa: E402
+from edge_infer import Classifier  # noqa: E402
 from edge_infer.model_info import INPUT_NAME, OUTPUT_NAME, ModelInfo, to_rows  # noqa: E402
 from export.cli import main as edge_export  # noqa: E402
 from export.graph import AUTO_FORMS, FORMS, SWITCH_BATCH, build_graph  # noqa: E402
@@ -154,7 +155,8 @@ def test_int8_has_integer_recurrent_ops(cell, exported):
     recurrent = [n for n in integer_nodes if n.input[1].startswith("Wh")]
     assert recurrent, "the recurrent weights must be int8"
     assert any(n.input[1].startswith("Wo") for n in integer_nodes)  # and the classifier
-    int8_weights = {t.name for t in int8.graph.initializer if t.data_type == onnx.TensorProto.INT8}
+    # uint8: u8 x u8 products are exact on every CPU (u8 x s8 saturates on x86 without VNNI)
+    int8_weights = {t.name for t in int8.graph.initializer if t.data_type == onnx.TensorProto.UINT8}
     assert {n.input[1] for n in recurrent} <= int8_weights
     # No float copy of any quantized weight is left in the file.
     float_names = {t.name for t in int8.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
@@ -215,6 +217,22 @@ def test_cli_writes_both_models_and_prints_summary(small_checkpoints, data_root,
     assert result.exit_code == 0, result.output
     assert "parity on 1000 MNIST test images" in result.output and "int8:" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "a8.onnx"]  # no temp files left
+
+
+@pytest.mark.slow
+def test_failed_int8_gate_keeps_fp32(small_checkpoints, data_root, tmp_path, monkeypatch):
+    """The int8 model fails its gate: the fp32 model, which passed, is written; the int8 one is not (nor its
+    .ort); exit 1 and one line on stderr naming what was not written and why, and what was."""
+    monkeypatch.setattr(exporter, "INT8_MAX_ACCURACY_DROP", -1.0)  # no int8 model can pass this
+    fp32, int8 = tmp_path / "m.onnx", tmp_path / "m8.onnx"
+    args = [str(small_checkpoints["gru"]), "--out", str(fp32), "--int8", str(int8), "--ort"]
+    result = CliRunner().invoke(edge_export, [*args, "--data-dir", str(data_root), "--no-download"])
+    assert result.exit_code == 1, result.output
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 1 and "Traceback" not in result.output
+    assert "int8 not written: int8 MNIST test accuracy" in errors[0] and f"written: fp32 {fp32}" in errors[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.ort", "m.required_operators.config"]
+    assert Classifier(fp32).info.precision == "fp32"
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", "foreign"])
@@ -280,3 +298,42 @@ def test_bad_output_paths_and_opset(small_checkpoints, data_root, tmp_path):
     ):
         result = CliRunner().invoke(edge_export, args + common)
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", CELLS)
+def test_int8_integer_products_are_exact_on_this_cpu(cell, exported, mnist_test):
+    """Every int32 product onnxruntime computes for the exported int8 model equals the exact one, on real
+    MNIST images: what makes its answers the same on every CPU (export.int8_exact). The int8 gate runs this
+    too; here it runs on other images, through the probe's own files as the compatibility matrix uses them."""
+    from export import int8_exact
+
+    report, _, int8 = exported[cell]
+    probe = int8_exact.instrument(int8)
+    probe.save(report.int8_path.parent / f"probe-{cell}")
+    saved = int8_exact.Probe.load(report.int8_path.parent / f"probe-{cell}")
+    result = int8_exact.check(saved, to_rows(mnist_test[0][-600:]))
+    assert result.ops == sum(n.op_type == "MatMulInteger" for n in int8.graph.node)
+    assert result.products > 0 and result.exact, result.summary()
+    assert "all exact" in Classifier(report.int8_path).info.checks["integer_products"]
+
+
+@pytest.mark.slow
+def test_int8_exactness_check_counts_every_wrong_product(exported, mnist_test):
+    """A kernel that gets products wrong is caught, counted and measured: the probe's copy of one weight
+    (what the exact products are computed from) is off by one in a single element, as a product computed
+    by a saturating or otherwise wrong kernel would be off."""
+    from export import int8_exact
+
+    _, _, int8 = exported["gru"]
+    probe = int8_exact.instrument(int8)
+    rows = to_rows(mnist_test[0][:40])
+    assert int8_exact.check(probe, rows).exact
+    weight = probe.products[0]["b"]
+    probe.weights[weight] = probe.weights[weight].copy()
+    probe.weights[weight][0, 0] += 1 if probe.weights[weight][0, 0] < 255 else -1
+    result = int8_exact.check(probe, rows)
+    uses = sum(p["b"] == weight for p in probe.products)  # the same weight may feed several steps
+    assert not result.exact and 0 < result.max_abs_diff <= 255
+    # one wrong weight element: every product of column 0 whose activation in row 0 is not its zero point
+    assert 0 < result.inexact <= uses * rows.shape[1]
