@@ -12,8 +12,12 @@ module measures it instead of trusting it:
    runs the probe through onnxruntime and recomputes every product exactly in numpy, from the activations
    onnxruntime itself quantized; any difference is the kernel's.
 
-    python -m export.int8_exact probe MODEL.onnx DIR     # write DIR/probe.onnx + DIR/probe.npz (needs onnx)
-    python -m export.int8_exact check DIR IMAGES.npy     # one line; exit 1 if a product is inexact
+    python -m export.int8_exact probe MODEL.onnx DIR              # DIR/probe.onnx + DIR/probe.npz (needs onnx)
+    python -m export.int8_exact check DIR IMAGES.npy [LOGITS.npy]  # one line; exit 1 if a product is inexact
+    python -m export.int8_exact agree LOGITS.npy OTHER.npy         # argmax agreement; exit 1 under 99.9 %
+
+IMAGES.npy: [N, 28, 28] in MNIST form, uint8 (0..255) or float (0..1). `agree` compares the logits two
+machines (or kernel families) wrote for the same images.
 
 `cpu_kind()` names the instruction sets onnxruntime's kernels are chosen by, for reports and provenance.
 """
@@ -29,7 +33,9 @@ from typing import Any
 
 import numpy as np
 
-INPUT_NAME = "rows"  # edge_infer.model_info.INPUT_NAME; not imported, so `check` runs with numpy + onnxruntime alone
+# edge_infer.model_info's names; not imported, so that `check` runs with numpy and onnxruntime alone
+INPUT_NAME, OUTPUT_NAME = "rows", "logits"
+MIN_AGREEMENT = 0.999  # argmax agreement between two machines' int8 logits on the same images
 CHECK_BATCH = 500  # images per run: the exposed int32 results of every step are held at once
 
 
@@ -62,6 +68,7 @@ class IntegerCheck:
     inexact: int
     max_abs_diff: int
     ops: int  # MatMulInteger nodes checked
+    logits: np.ndarray | None = None  # the model's own output on the images, for comparing machines
 
     @property
     def exact(self) -> bool:
@@ -122,9 +129,11 @@ def check(probe: Probe, rows: np.ndarray, threads: int = 1) -> IntegerCheck:
     session = ort.InferenceSession(probe.model, options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     total = inexact = worst = 0
+    logits = []
     for start in range(0, rows.shape[1], CHECK_BATCH):
         values = dict(zip(names, session.run(None, {INPUT_NAME: rows[:, start : start + CHECK_BATCH]}), strict=True))
         values.update(probe.weights)
+        logits.append(values[OUTPUT_NAME])
         for product in probe.products:
             a = values[product["a"]].astype(np.float64)
             b = values[product["b"]].astype(np.float64)
@@ -138,7 +147,7 @@ def check(probe: Probe, rows: np.ndarray, threads: int = 1) -> IntegerCheck:
             total += diff.size
             inexact += int(np.count_nonzero(diff))
             worst = max(worst, int(diff.max(initial=0)))
-    return IntegerCheck(total, inexact, worst, len(probe.products))
+    return IntegerCheck(total, inexact, worst, len(probe.products), np.concatenate(logits))
 
 
 def cpu_kind() -> str:
@@ -168,13 +177,27 @@ def _main(argv: list[str]) -> int:
 
         instrument(onnx.load(argv[1])).save(Path(argv[2]))
         return 0
-    if len(argv) == 3 and argv[0] == "check":
+    if len(argv) in (3, 4) and argv[0] == "check":
         images = np.load(argv[2])
-        rows = np.ascontiguousarray((images.astype(np.float32) / 255.0).transpose(1, 0, 2))
+        scale = 255.0 if images.dtype == np.uint8 else 1.0
+        rows = np.ascontiguousarray((images.astype(np.float32) / scale).transpose(1, 0, 2))
         result = check(Probe.load(Path(argv[1])), rows)
         print(f"{len(images)} images: {result.summary()}")
+        if len(argv) == 4 and result.logits is not None:
+            np.save(argv[3], result.logits)
         return 0 if result.exact else 1
-    print("usage: python -m export.int8_exact probe MODEL.onnx DIR | check DIR IMAGES.npy", file=sys.stderr)
+    if len(argv) == 3 and argv[0] == "agree":
+        ours, theirs = np.load(argv[1]), np.load(argv[2])
+        agreement = float((ours.argmax(1) == theirs.argmax(1)).mean())
+        print(
+            f"{len(ours)} images: argmax agreement {agreement:.2%} (need {MIN_AGREEMENT:.1%}), "
+            f"max |logit diff| {np.abs(ours - theirs).max():.1e}"
+        )
+        return 0 if agreement >= MIN_AGREEMENT else 1
+    print(
+        "usage: python -m export.int8_exact probe MODEL.onnx DIR | check DIR IMAGES.npy [LOGITS.npy] | agree A.npy B.npy",
+        file=sys.stderr,
+    )
     return 2
 
 
