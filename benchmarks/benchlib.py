@@ -28,6 +28,7 @@ DEFAULT_OUT = ROOT / "bench-out"  # git-ignored
 if str(ROOT) not in sys.path:  # `python benchmarks/x.py` puts benchmarks/, not the root, on sys.path
     sys.path.insert(1, str(ROOT))
 
+from export.int8_exact import cpu_kind  # noqa: E402  (numpy only: the runtime-only benchmarks can use it)
 
 # -----------------------------------------------------------------------------
 # arguments
@@ -160,17 +161,6 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _cpu_flags(wanted: tuple[str, ...] = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")) -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return " ".join(f for f in wanted if f in have) or "none of " + " ".join(wanted)
-    except OSError:
-        pass
-    return "unknown"
-
-
 def _version(package: str) -> str:
     try:
         return version(package)
@@ -195,7 +185,7 @@ def machine_header(title: str, quick: bool) -> str:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "unknown"
     rows = [
-        ["CPU", f"{_cpu_model()} ({_cpu_flags()})"],
+        ["CPU", f"{_cpu_model()} ({cpu_kind()})"],
         ["cores", f"{cores} usable ({os.cpu_count()} online)"],
         ["load average at start (1/5/15 min)", load],
         ["OS", f"{platform.system()} {platform.release()}"],
