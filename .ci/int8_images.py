@@ -14,6 +14,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from realworld import uci_writers  # noqa: E402
+
 from edge_infer.preprocess import preprocess  # noqa: E402
 
 out, uci_count, mnist_count = (

@@ -195,7 +195,8 @@ def _main(argv: list[str]) -> int:
         )
         return 0 if agreement >= MIN_AGREEMENT else 1
     print(
-        "usage: python -m export.int8_exact probe MODEL.onnx DIR | check DIR IMAGES.npy [LOGITS.npy] | agree A.npy B.npy",
+        "usage: python -m export.int8_exact probe MODEL.onnx DIR | check DIR IMAGES.npy [LOGITS.npy]"
+        " | agree A.npy B.npy",
         file=sys.stderr,
     )
     return 2
