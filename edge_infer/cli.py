@@ -250,6 +250,27 @@ def _make_dir(path: str) -> None:
         _die(f"--save-input {path}: cannot create the directory: {error.strerror or error}")
 
 
+def _refuse_shadowing(save_dir: str, paths: list[str]) -> None:
+    """--save-input DIR must not hold any of the inputs: its pictures would sit among (and be named like)
+    the images they explain, and be read as inputs by the next run over that directory."""
+    target = os.path.realpath(save_dir)
+    resolved: dict[str, str] = {}
+    for path in paths:
+        if path == "-":
+            continue
+        folder = os.path.dirname(path) or "."
+        if folder not in resolved:
+            try:
+                resolved[folder] = os.path.realpath(folder)
+            except ValueError:  # a NUL in the path: reading it reports that
+                resolved[folder] = ""
+        if resolved[folder] and os.path.commonpath([target, resolved[folder]]) == target:
+            _die(
+                f"--save-input {save_dir}: the directory holds the input {display(path)}; "
+                "write the pictures into a directory of their own"
+            )
+
+
 def format_error(path: str, error: ImageError, as_json: bool) -> str:
     if as_json:
         import json
@@ -288,8 +309,8 @@ def run(paths: tuple[str, ...] | list[str], options: Options) -> None:
         _die("--int8 selects the bundled int8 model; with --model, pass your int8 file itself")
     try:
         classifier = Classifier(**options.classifier_options())
-    except ModelError as error:
-        _die(str(error))
+    except ModelError as error:  # its message names no path
+        _die(f"--model {display(options.model)}: {error}" if options.model else str(error))
     if options.info:
         _print_info(classifier, options.as_json)
     if options.graph_file:
@@ -303,6 +324,8 @@ def run(paths: tuple[str, ...] | list[str], options: Options) -> None:
     stdin = sys.stdin.buffer.read() if "-" in paths else None
     jobs = options.jobs or usable_cpus()
     inputs = list(expand(paths))
+    if options.save_dir:
+        _refuse_shadowing(options.save_dir, [path for path, _ in inputs])
     good = [path for path, error in inputs if error is None]
     predicted: Generator[Prediction | NumberReading | ImageError, None, None] = (
         read_number_chunks(classifier, good, stdin)
@@ -312,7 +335,7 @@ def run(paths: tuple[str, ...] | list[str], options: Options) -> None:
     failed = False
     lines: list[str] = []
     bar = ProgressBar(len(inputs), enabled=not options.quiet)
-    saved_names: set[str] = set()
+    saved_names: dict[str, int] = {}  # picture name -> next number to try (see save_explanation)
     try:
         for index, (path, refused) in enumerate(inputs, 1):
             result = refused if refused is not None else next(predicted)
