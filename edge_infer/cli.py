@@ -14,7 +14,7 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from edge_infer.classifier import Classifier, ModelError, Prediction, usable_cpus
+from edge_infer.classifier import ORT_FORMAT_ID, Classifier, ModelError, Prediction, usable_cpus
 from edge_infer.preprocess import ImageError, ImageInput
 from edge_infer.progress import ProgressBar
 
@@ -228,17 +228,20 @@ def format_number(path: str, reading: NumberReading, as_json: bool) -> str:
 
 
 def _draw_graph(classifier: Classifier, graph_file: str) -> None:
-    from pathlib import Path
-
     from edge_infer.draw_graph import draw, summarize
+    from edge_infer.files import FileRefused
     from edge_infer.onnx_graph import OnnxFormatError, read_model
 
-    if os.path.isdir(graph_file) or os.path.splitext(graph_file)[1].lower() not in (".svg", ".png"):
-        _die(f"--graph {graph_file}: the picture must be a .svg or .png file")
     try:
-        draw(summarize(read_model(Path(classifier.source).read_bytes())), graph_file)
-    except (OSError, OnnxFormatError) as error:
-        _die(f"cannot draw the graph into {graph_file}: {getattr(error, 'strerror', None) or error}")
+        draw(summarize(read_model(classifier.model_bytes)), graph_file)
+    except (OSError, OnnxFormatError, FileRefused) as error:
+        _die(f"cannot draw the graph into {display(graph_file)}: {getattr(error, 'strerror', None) or error}")
+
+
+def _check_graph_file(graph_file: str) -> None:
+    """--graph's usage error, found before any work is done."""
+    if os.path.isdir(graph_file) or os.path.splitext(graph_file)[1].lower() not in (".svg", ".png"):
+        _die(f"--graph {display(graph_file)}: the picture must be a .svg or .png file")
 
 
 def _make_dir(path: str) -> None:
@@ -307,10 +310,16 @@ def run(paths: tuple[str, ...] | list[str], options: Options) -> None:
         _die("--top-k applies to single digits, not to --number")
     if options.int8 and options.model:
         _die("--int8 selects the bundled int8 model; with --model, pass your int8 file itself")
+    if options.graph_file:
+        _check_graph_file(options.graph_file)
     try:
         classifier = Classifier(**options.classifier_options())
     except ModelError as error:  # its message names no path
         _die(f"--model {display(options.model)}: {error}" if options.model else str(error))
+    if options.graph_file and classifier.model_bytes[4:8] == ORT_FORMAT_ID:  # before anything is done
+        _die(
+            f"--graph: {display(options.model or '')} is an ORT-format model, which can't be drawn; draw its .onnx twin"
+        )
     if options.info:
         _print_info(classifier, options.as_json)
     if options.graph_file:

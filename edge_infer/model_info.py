@@ -91,7 +91,9 @@ class ModelInfo:
                 continue  # optional: the dataclass default applies
             text = props[f.name]
             if len(text) > MAX_METADATA_VALUE:
-                raise ValueError(f"model metadata {f.name!r} is too long ({len(text):,} characters, limit {MAX_METADATA_VALUE:,})")
+                raise ValueError(
+                    f"model metadata {f.name!r} is too long ({len(text):,} characters, limit {MAX_METADATA_VALUE:,})"
+                )
             try:
                 values[f.name] = text if f.type in ("str", str) else json.loads(text)
             except RecursionError:
