@@ -228,12 +228,12 @@ def format_number(path: str, reading: NumberReading, as_json: bool) -> str:
 
 
 def _draw_graph(classifier: Classifier, graph_file: str) -> None:
-    from edge_infer.draw_graph import draw, summarize
+    from edge_infer.draw_graph import MAX_NODES, draw, summarize
     from edge_infer.files import FileRefused
     from edge_infer.onnx_graph import OnnxFormatError, read_model
 
     try:
-        draw(summarize(read_model(classifier.model_bytes)), graph_file)
+        draw(summarize(read_model(classifier.model_bytes, MAX_NODES)), graph_file)
     except (OSError, OnnxFormatError, FileRefused) as error:
         _die(f"cannot draw the graph into {display(graph_file)}: {getattr(error, 'strerror', None) or error}")
 

@@ -86,7 +86,7 @@ class GraphSummary:
         opset = g.opsets.get("", g.opsets.get("ai.onnx", "?"))
         precision = f" ({printable(g.metadata['precision'], 12)})" if "precision" in g.metadata else ""
         return printable(
-            f"{printable(g.name, MAX_NAME) or 'graph'}{precision}: {len(g.nodes):,} nodes, {len(g.initializers):,} "
+            f"{printable(g.name, MAX_NAME) or 'graph'}{precision}: {g.node_count:,} nodes, {len(g.initializers):,} "
             f"weights ({parameters:,} values), opset {opset}, IR {g.ir_version}",
             MAX_LINE * 2,
         )
@@ -264,14 +264,15 @@ def _group(s: _Structure, chain: list[int], blocks: list[set[int]]) -> Group:
 
 
 def summarize(graph: ModelGraph) -> GraphSummary:
-    """The graph as drawn: nodes, and unrolled loops collapsed into groups (the auto form: its large-batch
+    """The graph as drawn (read it with read_model(blob, MAX_NODES): nodes past the limit need not be decoded):
+    nodes, and unrolled loops collapsed into groups (the auto form: its large-batch
     branch, see onnx_graph.large_batch_view). Past MAX_NODES the rest of the nodes are left out, past
     MAX_ROWS the rest of the rows, and past MAX_VALUES the rest of the inputs and outputs; the note says so."""
     graph = large_batch_view(graph)
     notes = [graph.note] if graph.note else []
-    if len(graph.nodes) > MAX_NODES:
-        notes.append(f"… {len(graph.nodes) - MAX_NODES:,} more nodes not drawn (limit {MAX_NODES:,})")
-        graph = replace(graph, nodes=graph.nodes[:MAX_NODES])
+    if graph.node_count > MAX_NODES:
+        notes.append(f"… {graph.node_count - MAX_NODES:,} more nodes not drawn (limit {MAX_NODES:,})")
+        graph = replace(graph, nodes=graph.nodes[:MAX_NODES], nodes_not_read=graph.node_count - MAX_NODES)
     for kind, values in (("inputs", graph.inputs), ("outputs", graph.outputs)):
         if len(values) > MAX_VALUES:
             notes.append(f"… {len(values) - MAX_VALUES:,} more graph {kind} not drawn")

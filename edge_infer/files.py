@@ -72,13 +72,12 @@ def read_regular_file(
         raise
     with open(fd, "rb", buffering=0) as file:
         try:
-            head = file.read(HEAD_BYTES)
             if check_head is not None:
-                check_head(head)
-            rest = file.read(max_bytes + 1 - len(head))  # bounded even if the file grows meanwhile
+                check_head(file.read(HEAD_BYTES))
+                file.seek(0)  # then read it whole into one buffer (head + rest would copy a 256 MiB file)
+            data = file.read(max_bytes + 1)  # bounded even if the file grows meanwhile
         except OSError as error:
             raise FileRefused(describe_os_error(error)) from None
-    data = head + rest
     if len(data) > max_bytes:
         raise FileRefused(f"file too large (over {max_bytes:,} bytes)")
     return data

@@ -60,6 +60,7 @@ ALLOWED_OPS = frozenset(
     ]
 )
 
+MAX_NODES = 50_000  # nodes in all graphs together (the bundled int8 model: 724); onnxruntime loads 50,000 in ~2 s
 WIRE_BYTES = 2  # protobuf's length-delimited wire type
 # Field numbers, from onnx.proto3
 MODEL_GRAPH, MODEL_METADATA, MODEL_TRAINING_INFO, MODEL_FUNCTIONS = 7, 14, 20, 25
@@ -81,19 +82,29 @@ class NotOnnx(ValueError):
 Span = tuple[int, int]  # where a length-delimited field's bytes lie in the model's buffer
 
 
-def _check_tensor(buf: bytes, tensor: Span, budget: Budget) -> None:
+class _Budget(Budget):
+    """The field budget, and the nodes seen so far."""
+
+    __slots__ = ("nodes",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nodes = 0
+
+
+def _check_tensor(buf: bytes, tensor: Span, budget: _Budget) -> None:
     for n, _, value in fields(buf, *tensor, budget=budget):
         if n == TENSOR_EXTERNAL_DATA or (n == TENSOR_DATA_LOCATION and value != 0):
             raise UnsafeModel("the model uses external data (tensors stored in other files), which edge-infer refuses")
 
 
-def _check_sparse(buf: bytes, sparse: Span, budget: Budget) -> None:
+def _check_sparse(buf: bytes, sparse: Span, budget: _Budget) -> None:
     for n, wire, value in fields(buf, *sparse, budget=budget):
         if n in (SPARSE_VALUES, SPARSE_INDICES) and wire == WIRE_BYTES:
             _check_tensor(buf, value, budget)
 
 
-def _check_graph(buf: bytes, graph: Span, budget: Budget, depth: int = 0) -> None:
+def _check_graph(buf: bytes, graph: Span, budget: _Budget, depth: int = 0) -> None:
     for n, wire, value in fields(buf, *graph, budget=budget):
         if wire != WIRE_BYTES:
             continue
@@ -109,7 +120,10 @@ def _name(buf: bytes, span: Span) -> str:
     return buf[span[0] : span[1]].decode("utf-8", "replace")
 
 
-def _check_node(buf: bytes, node: Span, budget: Budget, depth: int = 0) -> None:
+def _check_node(buf: bytes, node: Span, budget: _Budget, depth: int = 0) -> None:
+    budget.nodes += 1
+    if budget.nodes > MAX_NODES:
+        raise UnsafeModel(f"the model has more than {MAX_NODES:,} nodes (the limit)")
     op_type, domain = "", ""
     for n, wire, value in fields(buf, *node, budget=budget):
         if wire != WIRE_BYTES:
@@ -144,7 +158,7 @@ def check_model_bytes(blob: bytes) -> None:
     is refused before onnxruntime turns it into Python strings."""
     buf = bytes(blob)
     graphs = 0
-    budget = Budget()
+    budget = _Budget()
     try:
         for n, wire, value in fields(buf, budget=budget):
             if wire != WIRE_BYTES:

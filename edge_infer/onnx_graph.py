@@ -140,6 +140,11 @@ class ModelGraph:
     metadata: dict[str, str] = field(default_factory=dict)
     has_functions: bool = False  # model-local functions (not expanded here)
     note: str = ""  # what a drawing of this graph leaves out (see large_batch_view)
+    nodes_not_read: int = 0  # nodes past read_model's max_nodes: counted, not decoded
+
+    @property
+    def node_count(self) -> int:
+        return len(self.nodes) + self.nodes_not_read
 
     @property
     def uses_external_data(self) -> bool:
@@ -232,7 +237,7 @@ def _ints(buf: bytes, wire: int, value: Any, budget: Budget) -> list[int]:
 # -- the messages we read --------------------------------------------------------------------------
 
 
-def _node(buf: bytes, span: tuple[int, int], budget: Budget, depth: int) -> Node:
+def _node(buf: bytes, span: tuple[int, int], budget: Budget, depth: int, max_nodes: int | None) -> Node:
     inputs, outputs, name, op_type, domain = [], [], "", "", ""
     subgraphs: list[tuple[str, ModelGraph]] = []
     for number, wire, value in fields(buf, *span, budget=budget):
@@ -257,7 +262,7 @@ def _node(buf: bytes, span: tuple[int, int], budget: Budget, depth: int) -> Node
                     if depth >= MAX_SUBGRAPH_DEPTH:
                         raise TooLarge(f"subgraphs nested more than {MAX_SUBGRAPH_DEPTH} deep (the limit)")
                     graph = ModelGraph()
-                    _graph(buf, v2, graph, budget, depth + 1)
+                    _graph(buf, v2, graph, budget, depth + 1, max_nodes)
             if graph is not None:
                 subgraphs.append((attribute, graph))
     return Node(op_type, tuple(inputs), tuple(outputs), name, domain, tuple(subgraphs))
@@ -315,13 +320,17 @@ def _value_info(buf: bytes, span: tuple[int, int], budget: Budget) -> ValueInfo:
     return ValueInfo(name, data_type, shape)
 
 
-def _graph(buf: bytes, span: tuple[int, int], model: ModelGraph, budget: Budget, depth: int = 0) -> None:
+def _graph(
+    buf: bytes, span: tuple[int, int], model: ModelGraph, budget: Budget, depth: int = 0, max_nodes: int | None = None
+) -> None:
     inputs: list[ValueInfo] = []
     for number, wire, value in fields(buf, *span, budget=budget):
         if wire != 2:
             continue
-        if number == 1:
-            model.nodes.append(_node(buf, value, budget, depth))
+        if number == 1 and max_nodes is not None and len(model.nodes) >= max_nodes:
+            model.nodes_not_read += 1
+        elif number == 1:
+            model.nodes.append(_node(buf, value, budget, depth, max_nodes))
         elif number == 2:
             model.name = _text(buf, value)
         elif number == 5:
@@ -393,11 +402,13 @@ def large_batch_view(model: ModelGraph) -> ModelGraph:
         model.metadata,
         model.has_functions,
         note,
+        large.nodes_not_read,
     )
 
 
-def read_model(blob: bytes) -> ModelGraph:
-    """The structure of a serialized ONNX ModelProto. Raises OnnxFormatError for bytes that are not one."""
+def read_model(blob: bytes, max_nodes: int | None = None) -> ModelGraph:
+    """The structure of a serialized ONNX ModelProto. Raises OnnxFormatError for bytes that are not one (or
+    past the limits above). With max_nodes, each graph's nodes past that many are counted, not decoded."""
     buf = bytes(blob)
     model = ModelGraph()
     seen_graph = False
@@ -409,7 +420,7 @@ def read_model(blob: bytes) -> ModelGraph:
             elif number == 2 and wire == 2:
                 model.producer = _text(buf, value)
             elif number == 7 and wire == 2:
-                _graph(buf, value, model, budget)
+                _graph(buf, value, model, budget, 0, max_nodes)
                 seen_graph = True
             elif number == 8 and wire == 2:
                 domain, version = _pair(buf, value, budget)
