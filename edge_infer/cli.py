@@ -286,12 +286,16 @@ def _print_info(classifier: Classifier, as_json: bool) -> None:
     import json
     from dataclasses import asdict
 
+    from edge_infer.model_info import MAX_METADATA_VALUE
+    from edge_infer.onnx_graph import printable
+
     info = {"source": classifier.source, **asdict(classifier.info)}
     if as_json:
-        print(json.dumps(info))
+        print(json.dumps(info))  # (JSON escapes control characters)
     else:
-        for key, value in info.items():
-            print(f"{key}: {value if isinstance(value, str) else json.dumps(value)}")
+        for key, value in info.items():  # a model's text never reaches the terminal raw (escape sequences)
+            text = value if isinstance(value, str) else json.dumps(value)
+            print(f"{key}: {printable(text, MAX_METADATA_VALUE)}")
 
 
 def run(paths: tuple[str, ...] | list[str], options: Options) -> None:

@@ -85,11 +85,11 @@ Span = tuple[int, int]  # where a length-delimited field's bytes lie in the mode
 class _Budget(Budget):
     """The field budget, and the nodes seen so far."""
 
-    __slots__ = ("nodes",)
+    __slots__ = ("choices", "nodes")
 
     def __init__(self) -> None:
         super().__init__()
-        self.nodes = 0
+        self.nodes = self.choices = 0  # choices: If nodes in the main graph
 
 
 def _check_tensor(buf: bytes, tensor: Span, budget: _Budget) -> None:
@@ -146,6 +146,10 @@ def _check_node(buf: bytes, node: Span, budget: _Budget, depth: int = 0) -> None
                     _check_tensor(buf, a_value, budget)
                 elif a in (ATTR_SPARSE_TENSOR, ATTR_SPARSE_TENSORS):
                     _check_sparse(buf, a_value, budget)
+    if op_type == "If" and depth == 0:
+        budget.choices += 1
+        if budget.choices > 1:
+            raise UnsafeModel("the model has more than one If node, which edge-infer's models never do")
     if (("" if domain == "ai.onnx" else domain), op_type) not in ALLOWED_OPS:
         name = f"{domain}.{op_type}" if domain else op_type
         raise UnsafeModel(f"the model uses the operator {name[:80]!r}, which edge-export never writes")

@@ -357,3 +357,111 @@ def test_graph_replaces_a_symlink_and_refuses_a_fifo(tmp_path):
     os.mkfifo(fifo)
     assert "not a regular file" in one_error_line(bounded_cli("--graph", str(fifo), tmp=tmp_path), 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.svg", "link.svg", "outside.svg"]
+
+
+def test_info_never_prints_escape_sequences_from_metadata(tmp_path):
+    model = bundled()
+    next(p for p in model.metadata_props if p.key == "package_version").value = "\x1b[2J\x1b]0;owned\x07 1.0"
+    path = tmp_path / "escapes.onnx"
+    path.write_bytes(model.SerializeToString())
+    result = bounded_cli("--model", str(path), "--info", tmp=tmp_path)
+    assert result.returncode == 0 and b"\x1b" not in result.stdout and b"\x07" not in result.stdout
+    assert "package_version: \\x1b[2J\\x1b]0;owned\\x07 1.0" in result.stdout.decode()
+
+
+def test_200_if_nodes_in_the_main_graph_are_refused(tmp_path):
+    model = bundled()
+    choose = model.graph.node[-1]
+    for k in range(199):  # more Ifs on the same condition, their outputs unused
+        extra = model.graph.node.add()
+        extra.CopyFrom(choose)
+        extra.output[0] = f"unused{k}"
+    refused_everywhere(model.SerializeToString(), tmp_path, "more than one If node")
+
+
+# --- fuzzing the model reader --------------------------------------------------------------------------------
+
+pytest.importorskip("hypothesis")
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from .test_hardening import FUZZ, FUZZ_SECONDS  # noqa: E402
+
+MODEL_SEEDS = [bundled_model_path(False).read_bytes(), bundled_model_path(True).read_bytes()]
+
+
+def _read_within_limit(blob: bytes) -> None:
+    """Every reader of model bytes answers, or refuses with its one-line error, within FUZZ_SECONDS: the
+    check and onnxruntime (Classifier), the structure reader and the drawing."""
+    from edge_infer.draw_graph import MAX_NODES, summarize, to_svg
+
+    started = time.monotonic()
+    try:
+        classifier = Classifier(blob)
+    except ModelError as error:
+        assert str(error) and "\n" not in str(error)
+    else:
+        assert np.isfinite(classifier.predict(SEVEN).probabilities).all()
+    try:
+        graph = read_model(blob, MAX_NODES)
+    except OnnxFormatError as error:
+        assert str(error) and "\n" not in str(error)
+    else:
+        ElementTree.fromstring(to_svg(summarize(graph)))  # well-formed XML, whatever the names
+    assert time.monotonic() - started < FUZZ_SECONDS
+
+
+@st.composite
+def mutated_models(draw) -> bytes:
+    data = bytearray(draw(st.sampled_from(MODEL_SEEDS)))
+    for _ in range(draw(st.integers(0, 8))):  # overwrite bytes: lengths, varints, field keys, names
+        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    if draw(st.booleans()):  # cut
+        data = data[: draw(st.integers(0, len(data)))]
+    if draw(st.booleans()):  # splice random bytes in
+        position = draw(st.integers(0, len(data)))
+        data[position:position] = draw(st.binary(max_size=64))
+    return bytes(data)
+
+
+def _encode(message: list) -> bytes:
+    """Protobuf bytes from [(field number, value)]: an int is a varint, bytes are bytes, a list a message."""
+    out = b""
+    for number, value in message:
+        if isinstance(value, int):
+            out += _varint(number << 3) + _varint(value)
+        else:
+            out += _field(number, value if isinstance(value, bytes) else _encode(value))
+    return out
+
+
+# Messages with the field numbers the readers look at (1-25), nested as ModelProto > GraphProto > NodeProto >
+# AttributeProto > GraphProto ... can be; names and strings from a few interesting ones.
+_messages = st.recursive(
+    st.lists(
+        st.tuples(
+            st.integers(1, 25),
+            st.one_of(
+                st.integers(0, 2**64 - 1),
+                st.sampled_from([b"If", b"Loop", b"rows", b"logits", b"\xff\xfe", b"\x00\x1b[31m", b"format"]),
+                st.binary(max_size=16),
+            ),
+        ),
+        max_size=6,
+    ),
+    lambda children: st.lists(st.tuples(st.integers(1, 25), children), max_size=6),
+    max_leaves=40,
+)
+
+
+@FUZZ
+@given(mutated_models())
+def test_fuzz_model_bytes(blob):
+    _read_within_limit(blob)
+
+
+@FUZZ
+@given(_messages)
+def test_fuzz_crafted_protobufs(message):
+    _read_within_limit(b"\x08\x08" + _field(7, _encode(message)))  # IR version 8 and a graph of the message
+    _read_within_limit(_encode(message))
