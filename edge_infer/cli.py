@@ -463,7 +463,8 @@ def _command() -> click.Command:
         "save_dir",
         metavar="DIR",
         default=defaults.save_dir,
-        help="Write DIR/<image name>.png for each image (a repeated name gets -2, -3, ...): the original, "
+        help="Write a new DIR/<image name>.png for each image (a name already taken gets -2, -3, ...; "
+        "nothing is overwritten): the original, "
         "the 28x28 input the model saw, and the top-3 probabilities.",
     )
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar (shown only on a terminal, for many images).")
