@@ -125,7 +125,9 @@ class Classifier:
               kept in Prediction.guess (Prediction.unsure is True). 0 (the default) always answers.
 
     The model is inspected before onnxruntime sees it (edge_infer.model_check): external data, operators
-    edge-export never writes, subgraphs and files that are not regular or over MAX_MODEL_BYTES are refused.
+    edge-export never writes, subgraphs, files that are not regular or over MAX_MODEL_BYTES, and models past
+    the reader's limits are refused. It is then probed at batch 1 and across its If switch; whatever goes
+    wrong with a model, at load or at any later run, raises ModelError (one line, no path).
     """
 
     def __init__(
