@@ -18,11 +18,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast, overload
 
 import numpy as np
-import onnxruntime as ort
+
+# onnxruntime's telemetry writes a device id and a database under ~/.cache/Microsoft/ when it is imported (and
+# warns in colour where it can't): no files but those asked for. Only this variable, set before the import,
+# stops the writing; disable_telemetry_events() below turns off the events.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+import onnxruntime as ort  # noqa: E402
 
 from edge_infer.files import FileRefused, read_regular_file
 from edge_infer.model_check import NotOnnx, UnsafeModel, check_model_bytes
-from edge_infer.model_info import INPUT_NAME, OUTPUT_NAME, PIXELS, STEPS, ModelInfo, to_rows
+from edge_infer.model_info import CLASSES, INPUT_NAME, OUTPUT_NAME, PIXELS, STEPS, ModelInfo, to_rows
 from edge_infer.preprocess import ImageError, ImageInput, preprocess
 
 try:  # CPython's own sha256 (HACL*), not OpenSSL's: importing hashlib loads libcrypto, +3.6 MiB at start-up
@@ -35,6 +40,9 @@ except ImportError:
 
 if TYPE_CHECKING:
     from edge_infer.number import NumberPlan, NumberReading
+
+ort.disable_telemetry_events()
+ort.set_default_logger_severity(3)  # errors only, on stderr: its warnings are not the user's business
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 BUNDLED = {False: "digit-rnn.onnx", True: "digit-rnn-int8.onnx"}
@@ -117,7 +125,9 @@ class Classifier:
               kept in Prediction.guess (Prediction.unsure is True). 0 (the default) always answers.
 
     The model is inspected before onnxruntime sees it (edge_infer.model_check): external data, operators
-    edge-export never writes, subgraphs and files that are not regular or over MAX_MODEL_BYTES are refused.
+    edge-export never writes, subgraphs, files that are not regular or over MAX_MODEL_BYTES, and models past
+    the reader's limits are refused. It is then probed at batch 1 and across its If switch; whatever goes
+    wrong with a model, at load or at any later run, raises ModelError (one line, no path).
     """
 
     def __init__(
@@ -140,7 +150,7 @@ class Classifier:
             try:
                 blob = read_regular_file(self.source, MAX_MODEL_BYTES)
             except FileRefused as error:
-                raise ModelError(f"cannot read model {self.source}: {error}") from None
+                raise ModelError(f"cannot read the model: {error}") from None
         if threads is not None and threads < 1:
             raise ModelError(f"threads must be >= 1, not {threads}")
         if threads is not None:
@@ -148,8 +158,6 @@ class Classifier:
         if not 0.0 <= min_confidence <= 1.0:
             raise ModelError(f"min_confidence must lie in [0, 1], not {min_confidence}")
         self.min_confidence = float(min_confidence)
-        if model is not None:  # (the bundled models are verified by their sha256 instead)
-            self._inspect(blob)
         provider = provider or "CPUExecutionProvider"
         available = ort.get_available_providers()
         if provider not in available:
@@ -159,13 +167,30 @@ class Classifier:
         self._parallel: ort.InferenceSession | None = None
         self._lock = threading.Lock()
         self._bound = threading.local()  # per thread: an IO binding for single images (see _run)
-        self.session = self._new_session(threads or 1)
-        self._check_interface()
+        self._load(check_bytes=model is not None)  # (the bundled models are verified by their sha256 instead)
+
+    @property
+    def model_bytes(self) -> bytes:
+        """The model file's bytes, as loaded."""
+        return self._blob
+
+    def _load(self, check_bytes: bool) -> None:
+        """Inspect, load, check and probe the model. The one place where whatever a model can make go wrong
+        (the byte check, onnxruntime's loader, the metadata parser, the first runs) becomes a ModelError."""
         try:
-            self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map)
-        except ValueError as error:
-            raise ModelError(f"{self.source}: {error}") from None
-        self._probe()
+            if check_bytes:
+                self._inspect(self._blob)
+            self.session = self._new_session(self.threads or 1)
+            self._check_interface()
+            try:
+                self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map)
+            except ValueError as error:
+                raise ModelError(str(error)) from None
+            self._probe()
+        except ModelError:
+            raise
+        except Exception as error:  # onnxruntime's own types, or a decoder's (a name that is not UTF-8, ...)
+            raise ModelError(f"cannot load the model: {type(error).__name__}: {_first_line(error)}") from None
 
     def _inspect(self, blob: bytes) -> None:
         """Refuse what is not an edge-export model before onnxruntime parses it (see model_check).
@@ -180,24 +205,35 @@ class Classifier:
         except NotOnnx as error:
             checkpoint = blob[:4] == b"PK\x03\x04" or blob[:1] == b"\x80"  # torch.save: a zip, or a pickle
             hint = "is it a checkpoint? run edge-export" if checkpoint else error
-            raise ModelError(f"cannot load model {self.source}: not an ONNX model ({hint})") from None
+            raise ModelError(f"cannot load the model: not an ONNX model ({hint})") from None
         except UnsafeModel as error:
-            raise ModelError(f"refusing model {self.source}: {error}") from None
+            raise ModelError(f"refusing the model: {error}") from None
 
     def _probe(self) -> None:
-        """One run on a blank batch of 1: the output must be [1, 10] and finite (a model with NaN weights is
-        refused here, not answered with label 0 and confidence nan)."""
-        try:
-            logits = self.session.run([OUTPUT_NAME], {INPUT_NAME: np.zeros((STEPS, 1, PIXELS), np.float32)})[0]
-        except Exception as error:
-            raise ModelError(f"cannot run model {self.source}: {_first_line(error)}") from None
-        if logits.shape != (1, 10):
+        """Runs on blank batches, through the same paths images take: 1 image (the IO binding) and a batch on
+        the other side of the auto form's switch (its If on the batch size), so that each branch has run
+        once. Each must give finite float32 [N, 10] logits (a model with NaN weights is refused here, not
+        answered with label 0 and confidence nan)."""
+        switch = self.info.large_from_batch
+        for batch in (1, max(2, switch or 2)):
+            self._checked(self._run(np.zeros((STEPS, batch, PIXELS), np.float32), self.session), batch)
+
+    def _checked(self, logits: object, batch: int) -> np.ndarray:
+        """logits if they are float32 [batch, 10] and finite; ModelError otherwise."""
+        if not isinstance(logits, np.ndarray) or logits.dtype != np.float32:
+            kind = getattr(logits, "dtype", type(logits).__name__)
+            raise ModelError(f"not an edge-infer digit model: its {OUTPUT_NAME} are {kind}, expected float32")
+        if logits.shape != (batch, CLASSES):
             raise ModelError(
-                f"{self.source} is not an edge-infer digit model: for 1 image it outputs "
-                f"{OUTPUT_NAME}{list(logits.shape)}, expected [1, 10]"
+                f"not an edge-infer digit model: for {batch} image{'s' * (batch > 1)} it outputs "
+                f"{OUTPUT_NAME}{list(logits.shape)}, expected [{batch}, {CLASSES}]"
             )
         if not np.isfinite(logits).all():
-            raise ModelError(f"model {self.source} is broken: its logits are NaN or infinite")
+            broken = int((~np.isfinite(logits).all(axis=1)).sum())
+            raise ModelError(
+                f"the model is broken: its logits are NaN or infinite for {broken} of {batch} image{'s' * (batch > 1)}"
+            )
+        return logits
 
     def _new_session(self, threads: int) -> ort.InferenceSession:
         options = ort.SessionOptions()
@@ -208,9 +244,10 @@ class Classifier:
         # has no pool, so nothing spins in the default small-batch session.
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if threads > 1 else "0")
         try:
-            return ort.InferenceSession(self._blob, options, providers=[self._provider])
+            # No fallback: onnxruntime's retry on another provider announces itself with print() on stdout.
+            return ort.InferenceSession(self._blob, options, providers=[self._provider], enable_fallback=0)
         except Exception as error:  # onnxruntime raises its own exception types for bad files
-            raise ModelError(f"cannot load model {self.source}: {_first_line(error)}") from None
+            raise ModelError(f"cannot load the model: {_first_line(error)}") from None
 
     def _session_for(self, batch: int) -> ort.InferenceSession:
         if self.threads is not None or batch < PARALLEL_BATCH or usable_cpus() < 2:
@@ -227,19 +264,28 @@ class Classifier:
             ", ".join(f"{i.name}{list(i.shape)}" for i in inputs)
             + " -> "
             + ", ".join(f"{o.name}{list(o.shape)}" for o in outputs)
-        )
+        )[:300]
         ok = (
             len(inputs) == 1
             and inputs[0].name == INPUT_NAME
             and len(inputs[0].shape) == 3
             and inputs[0].shape[0] == STEPS
             and inputs[0].shape[2] == PIXELS
-            and any(o.name == OUTPUT_NAME and len(o.shape) == 2 and o.shape[1] == 10 for o in outputs)
+            and not isinstance(inputs[0].shape[1], int)
+            and inputs[0].type == "tensor(float)"
+            and any(
+                o.name == OUTPUT_NAME
+                and len(o.shape) == 2
+                and not isinstance(o.shape[0], int)
+                and o.shape[1] == CLASSES
+                and o.type == "tensor(float)"
+                for o in outputs
+            )
         )
         if not ok:
             raise ModelError(
-                f"{self.source} is not an edge-infer digit model: it takes {got}, "
-                f"expected {INPUT_NAME}[28, N, 28] -> {OUTPUT_NAME}[N, 10]"
+                f"not an edge-infer digit model: it takes {got}, "
+                f"expected float32 {INPUT_NAME}[28, N, 28] -> float32 {OUTPUT_NAME}[N, 10]"
             )
 
     def classify(self, digits: np.ndarray) -> list[Prediction]:
@@ -251,12 +297,7 @@ class Classifier:
         results = [NO_DIGIT] * len(digits)
         if found.any():
             rows = to_rows(digits[found])  # [28, n, 28]: time-major
-            logits = self._run(rows)
-            if not np.isfinite(logits).all():
-                raise ModelError(
-                    f"model {self.source} is broken: its logits are NaN or infinite for "
-                    f"{int((~np.isfinite(logits).all(axis=1)).sum())} of {len(logits)} images"
-                )
+            logits = self._checked(self._run(rows, self._session_for(rows.shape[1])), rows.shape[1])
             probabilities = softmax(logits)
             labels = probabilities.argmax(axis=1)
             for index, p, label in zip(np.flatnonzero(found), probabilities, labels, strict=True):
@@ -265,13 +306,21 @@ class Classifier:
                 results[index] = Prediction(int(label) if sure else -1, confidence, p, guess=int(label))
         return results
 
-    def _run(self, rows: np.ndarray) -> np.ndarray:
-        """Logits for time-major rows [28, n, 28]. A single image goes through this thread's IO binding to
-        fixed input and output buffers: 2-6 us less than session.run's feed and fetch conversion, 5-10 % of
-        a batch-1 call (benchmarks/inference.py)."""
-        session = self._session_for(rows.shape[1])
+    def _run(self, rows: np.ndarray, session: ort.InferenceSession) -> object:
+        """The logits for time-major rows [28, n, 28] (unchecked: see _checked; ModelError if onnxruntime
+        fails). A single image goes through this thread's IO binding to fixed input and output buffers:
+        2-6 us less than session.run's feed and fetch conversion, 5-10 % of a batch-1 call
+        (benchmarks/inference.py)."""
+        try:
+            return self._run_unchecked(rows, session)
+        except MemoryError:
+            raise
+        except Exception as error:  # a model onnxruntime loads but can't run (a mistyped or misshaped output, ...)
+            raise ModelError(f"cannot run the model: {type(error).__name__}: {_first_line(error)}") from None
+
+    def _run_unchecked(self, rows: np.ndarray, session: ort.InferenceSession) -> object:
         if rows.shape[1] != 1:
-            return cast(np.ndarray, session.run([OUTPUT_NAME], {INPUT_NAME: rows})[0])
+            return session.run([OUTPUT_NAME], {INPUT_NAME: rows})[0]
         bound = getattr(self._bound, "single", None)
         if bound is None or bound[0] is not session:
             x, y = np.zeros((STEPS, 1, PIXELS), np.float32), np.zeros((1, 10), np.float32)
@@ -282,7 +331,7 @@ class Classifier:
         _, binding, x, y = bound
         x[...] = rows
         session.run_with_iobinding(binding)
-        return cast(np.ndarray, y.copy())
+        return y.copy()
 
     def predict(self, image: ImageInput) -> Prediction:
         """Classify one image: a path, file bytes, a PIL image or a numpy array (HxW or HxWxC)."""

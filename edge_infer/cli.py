@@ -14,7 +14,7 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from edge_infer.classifier import Classifier, ModelError, Prediction, usable_cpus
+from edge_infer.classifier import ORT_FORMAT_ID, Classifier, ModelError, Prediction, usable_cpus
 from edge_infer.preprocess import ImageError, ImageInput
 from edge_infer.progress import ProgressBar
 
@@ -228,17 +228,20 @@ def format_number(path: str, reading: NumberReading, as_json: bool) -> str:
 
 
 def _draw_graph(classifier: Classifier, graph_file: str) -> None:
-    from pathlib import Path
-
-    from edge_infer.draw_graph import draw, summarize
+    from edge_infer.draw_graph import MAX_NODES, draw, summarize
+    from edge_infer.files import FileRefused
     from edge_infer.onnx_graph import OnnxFormatError, read_model
 
-    if os.path.isdir(graph_file) or os.path.splitext(graph_file)[1].lower() not in (".svg", ".png"):
-        _die(f"--graph {graph_file}: the picture must be a .svg or .png file")
     try:
-        draw(summarize(read_model(Path(classifier.source).read_bytes())), graph_file)
-    except (OSError, OnnxFormatError) as error:
-        _die(f"cannot draw the graph into {graph_file}: {getattr(error, 'strerror', None) or error}")
+        draw(summarize(read_model(classifier.model_bytes, MAX_NODES)), graph_file)
+    except (OSError, OnnxFormatError, FileRefused) as error:
+        _die(f"cannot draw the graph into {display(graph_file)}: {getattr(error, 'strerror', None) or error}")
+
+
+def _check_graph_file(graph_file: str) -> None:
+    """--graph's usage error, found before any work is done."""
+    if os.path.isdir(graph_file) or os.path.splitext(graph_file)[1].lower() not in (".svg", ".png"):
+        _die(f"--graph {display(graph_file)}: the picture must be a .svg or .png file")
 
 
 def _make_dir(path: str) -> None:
@@ -248,6 +251,27 @@ def _make_dir(path: str) -> None:
         _die(f"--save-input {path}: it is a file, not a directory")
     except OSError as error:
         _die(f"--save-input {path}: cannot create the directory: {error.strerror or error}")
+
+
+def _refuse_shadowing(save_dir: str, paths: list[str]) -> None:
+    """--save-input DIR must not hold any of the inputs: its pictures would sit among (and be named like)
+    the images they explain, and be read as inputs by the next run over that directory."""
+    target = os.path.realpath(save_dir)
+    resolved: dict[str, str] = {}
+    for path in paths:
+        if path == "-":
+            continue
+        folder = os.path.dirname(path) or "."
+        if folder not in resolved:
+            try:
+                resolved[folder] = os.path.realpath(folder)
+            except ValueError:  # a NUL in the path: reading it reports that
+                resolved[folder] = ""
+        if resolved[folder] and os.path.commonpath([target, resolved[folder]]) == target:
+            _die(
+                f"--save-input {save_dir}: the directory holds the input {display(path)}; "
+                "write the pictures into a directory of their own"
+            )
 
 
 def format_error(path: str, error: ImageError, as_json: bool) -> str:
@@ -262,12 +286,16 @@ def _print_info(classifier: Classifier, as_json: bool) -> None:
     import json
     from dataclasses import asdict
 
+    from edge_infer.model_info import MAX_METADATA_VALUE
+    from edge_infer.onnx_graph import printable
+
     info = {"source": classifier.source, **asdict(classifier.info)}
     if as_json:
-        print(json.dumps(info))
+        print(json.dumps(info))  # (JSON escapes control characters)
     else:
-        for key, value in info.items():
-            print(f"{key}: {value if isinstance(value, str) else json.dumps(value)}")
+        for key, value in info.items():  # a model's text never reaches the terminal raw (escape sequences)
+            text = value if isinstance(value, str) else json.dumps(value)
+            print(f"{key}: {printable(text, MAX_METADATA_VALUE)}")
 
 
 def run(paths: tuple[str, ...] | list[str], options: Options) -> None:
@@ -286,10 +314,16 @@ def run(paths: tuple[str, ...] | list[str], options: Options) -> None:
         _die("--top-k applies to single digits, not to --number")
     if options.int8 and options.model:
         _die("--int8 selects the bundled int8 model; with --model, pass your int8 file itself")
+    if options.graph_file:
+        _check_graph_file(options.graph_file)
     try:
         classifier = Classifier(**options.classifier_options())
-    except ModelError as error:
-        _die(str(error))
+    except ModelError as error:  # its message names no path
+        _die(f"--model {display(options.model)}: {error}" if options.model else str(error))
+    if options.graph_file and classifier.model_bytes[4:8] == ORT_FORMAT_ID:  # before anything is done
+        _die(
+            f"--graph: {display(options.model or '')} is an ORT-format model, which can't be drawn; draw its .onnx twin"
+        )
     if options.info:
         _print_info(classifier, options.as_json)
     if options.graph_file:
@@ -303,6 +337,8 @@ def run(paths: tuple[str, ...] | list[str], options: Options) -> None:
     stdin = sys.stdin.buffer.read() if "-" in paths else None
     jobs = options.jobs or usable_cpus()
     inputs = list(expand(paths))
+    if options.save_dir:
+        _refuse_shadowing(options.save_dir, [path for path, _ in inputs])
     good = [path for path, error in inputs if error is None]
     predicted: Generator[Prediction | NumberReading | ImageError, None, None] = (
         read_number_chunks(classifier, good, stdin)
@@ -312,7 +348,7 @@ def run(paths: tuple[str, ...] | list[str], options: Options) -> None:
     failed = False
     lines: list[str] = []
     bar = ProgressBar(len(inputs), enabled=not options.quiet)
-    saved_names: set[str] = set()
+    saved_names: dict[str, int] = {}  # picture name -> next number to try (see save_explanation)
     try:
         for index, (path, refused) in enumerate(inputs, 1):
             result = refused if refused is not None else next(predicted)
@@ -427,7 +463,8 @@ def _command() -> click.Command:
         "save_dir",
         metavar="DIR",
         default=defaults.save_dir,
-        help="Write DIR/<image name>.png for each image (a repeated name gets -2, -3, ...): the original, "
+        help="Write a new DIR/<image name>.png for each image (a name already taken gets -2, -3, ...; "
+        "nothing is overwritten): the original, "
         "the 28x28 input the model saw, and the top-3 probabilities.",
     )
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar (shown only on a terminal, for many images).")

@@ -13,13 +13,15 @@ steps (a Split of the input rows) stay outside, and a first step with a subset o
 
 from __future__ import annotations
 
+import io
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from xml.sax.saxutils import escape
 
-from edge_infer.onnx_graph import ModelGraph, Node, ValueInfo, large_batch_view
+from edge_infer.files import replace_file
+from edge_infer.onnx_graph import ModelGraph, Node, ValueInfo, large_batch_view, printable
 
 if TYPE_CHECKING:
     from collections.abc import Hashable, Iterable, Mapping
@@ -47,6 +49,14 @@ INTEGER_OPS = frozenset(
     }
 )
 MIN_REPEATS = 3  # a chain of fewer members is not worth collapsing (and "feeds many steps" needs 3)
+# Limits, so that any model draws in bounded time and memory (README: Security and limits); past each, the
+# picture says what it leaves out ("…"). The bundled models: 724 nodes, 9 rows, 4 weights per node.
+MAX_NODES = 2000  # nodes searched for repeats and drawn (the search is quadratic: 0.25 s for 2,000 here)
+MAX_ROWS = 150  # top-level rows drawn (a row is a node, a repeated block, a graph input or output)
+MAX_VALUES = 20  # graph inputs, and graph outputs, drawn
+MAX_WEIGHTS = 8  # weights listed in one node's box
+MAX_NAME = 60  # characters of a name drawn
+MAX_LINE = 100  # characters of a line of text drawn
 
 
 @dataclass
@@ -74,26 +84,27 @@ class GraphSummary:
         g = self.graph
         parameters = sum(t.size for t in g.initializers.values())
         opset = g.opsets.get("", g.opsets.get("ai.onnx", "?"))
-        precision = f" ({g.metadata['precision']})" if "precision" in g.metadata else ""
-        return (
-            f"{g.name or 'graph'}{precision}: {len(g.nodes)} nodes, {len(g.initializers)} weights "
-            f"({parameters:,} values), opset {opset}, IR {g.ir_version}"
+        precision = f" ({printable(g.metadata['precision'], 12)})" if "precision" in g.metadata else ""
+        return printable(
+            f"{printable(g.name, MAX_NAME) or 'graph'}{precision}: {g.node_count:,} nodes, {len(g.initializers):,} "
+            f"weights ({parameters:,} values), opset {opset}, IR {g.ir_version}",
+            MAX_LINE * 2,
         )
 
     def node_text(self, index: int) -> list[str]:
         """The lines of a node's box: op type, then each weight it reads with shape and type."""
         node = self.graph.nodes[index]
-        head = node.op_type + ("  [integer]" if is_integer(self.graph, node) else "")
+        head = printable(node.op_type, MAX_NAME) + ("  [integer]" if is_integer(self.graph, node) else "")
         if len(node.outputs) > 2:
-            head += f"  → {len(node.outputs)} outputs"
+            head += f"  → {len(node.outputs):,} outputs"
         lines = [head]
-        for name in node.inputs:
-            tensor = self.graph.initializers.get(name)
-            if tensor is not None:
-                dims = (
-                    "×".join(map(str, tensor.dims)) if len(tensor.dims) > 1 else f"[{', '.join(map(str, tensor.dims))}]"
-                )
-                lines.append(f"{name}: {dims} {tensor.data_type}")
+        weights = [self.graph.initializers[name] for name in node.inputs if name in self.graph.initializers]
+        for tensor in weights[:MAX_WEIGHTS]:
+            shown = [str(d) for d in tensor.dims] + ["…"] * (tensor.more_dims > 0)
+            dims = "×".join(shown) if len(shown) > 1 else f"[{', '.join(shown)}]"
+            lines.append(printable(f"{printable(tensor.name, MAX_NAME)}: {dims} {tensor.data_type}", MAX_LINE))
+        if len(weights) > MAX_WEIGHTS:
+            lines.append(f"… {len(weights) - MAX_WEIGHTS:,} more weights")
         return lines
 
 
@@ -102,8 +113,11 @@ def is_integer(graph: ModelGraph, node: Node) -> bool:
 
 
 def value_text(value: ValueInfo) -> str:
-    shape = "?" if value.shape is None else "[" + ", ".join("?" if d is None else str(d) for d in value.shape) + "]"
-    return f"{value.name}: {value.data_type or '?'} {shape}"
+    if value.shape is None:
+        shape = "?"
+    else:
+        shape = "[" + ", ".join("?" if d is None else printable(str(d), MAX_NAME) for d in value.shape) + "]"
+    return printable(f"{printable(value.name, MAX_NAME)}: {value.data_type or '?'} {shape}", MAX_LINE)
 
 
 # -- finding the repeated block --------------------------------------------------------------------
@@ -250,9 +264,19 @@ def _group(s: _Structure, chain: list[int], blocks: list[set[int]]) -> Group:
 
 
 def summarize(graph: ModelGraph) -> GraphSummary:
-    """The graph as drawn: nodes, and unrolled loops collapsed into groups (the auto form: its large-batch
-    branch, see onnx_graph.large_batch_view)."""
+    """The graph as drawn (read it with read_model(blob, MAX_NODES): nodes past the limit need not be decoded):
+    nodes, and unrolled loops collapsed into groups (the auto form: its large-batch
+    branch, see onnx_graph.large_batch_view). Past MAX_NODES the rest of the nodes are left out, past
+    MAX_ROWS the rest of the rows, and past MAX_VALUES the rest of the inputs and outputs; the note says so."""
     graph = large_batch_view(graph)
+    notes = [graph.note] if graph.note else []
+    if graph.node_count > MAX_NODES:
+        notes.append(f"… {graph.node_count - MAX_NODES:,} more nodes not drawn (limit {MAX_NODES:,})")
+        graph = replace(graph, nodes=graph.nodes[:MAX_NODES], nodes_not_read=graph.node_count - MAX_NODES)
+    for kind, values in (("inputs", graph.inputs), ("outputs", graph.outputs)):
+        if len(values) > MAX_VALUES:
+            notes.append(f"… {len(values) - MAX_VALUES:,} more graph {kind} not drawn")
+    graph = replace(graph, inputs=graph.inputs[:MAX_VALUES], outputs=graph.outputs[:MAX_VALUES])
     s = _Structure(graph)
     free = (1 << len(graph.nodes)) - 1
     groups = []
@@ -267,6 +291,10 @@ def summarize(graph: ModelGraph) -> GraphSummary:
     items: list[tuple[int, int | Group]] = [(i, i) for i in range(len(graph.nodes)) if i not in in_group]
     items += [(min(g.nodes), g) for g in groups]
     items.sort(key=lambda pair: pair[0])
+    if len(items) > MAX_ROWS:
+        notes.append(f"… {len(items) - MAX_ROWS:,} more rows not drawn (limit {MAX_ROWS:,})")
+        items = items[:MAX_ROWS]
+    graph = replace(graph, note=printable("; ".join(notes), MAX_LINE * 2))
     integer = sorted({n.op_type for n in graph.nodes if is_integer(graph, n)})
     return GraphSummary(graph, [item for _, item in items], integer)
 
@@ -310,7 +338,8 @@ def _box_height(lines: list[str]) -> float:
 def _group_title(group: Group, width: int) -> list[str]:
     title = [f"× {group.repeats}", f"one step, repeated {group.repeats} times"]
     if group.first_step_missing:
-        words, line = f"the first step lacks: {', '.join(group.first_step_missing)}".split(" "), ""
+        missing = printable(", ".join(group.first_step_missing), MAX_LINE)
+        words, line = f"the first step lacks: {missing}".split(" "), ""
         for word in words:
             if line and len(line) + 1 + len(word) > width:
                 title.append(line)
@@ -614,12 +643,16 @@ def to_png(summary: GraphSummary, scale: float = 1.5) -> Image.Image:
 
 
 def draw(summary: GraphSummary, path: str | Path) -> None:
-    """Write the picture to path: .svg or .png."""
+    """Write the picture to path: .svg or .png (edge_infer.files.replace_file: FileRefused for a FIFO,
+    device or directory there; OSError if it can't be written)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".svg":
-        path.write_text(to_svg(summary), encoding="utf-8")
+        data = to_svg(summary).encode("utf-8")
     elif suffix == ".png":
-        to_png(summary).save(path, format="PNG")
+        buffer = io.BytesIO()
+        to_png(summary).save(buffer, format="PNG")
+        data = buffer.getvalue()
     else:
         raise ValueError(f"{path}: the graph picture must be a .svg or .png file")
+    replace_file(path, data)  # whole or not at all; a FIFO or directory there is refused, never waited on

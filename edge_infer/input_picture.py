@@ -9,6 +9,7 @@ Pillow only (the runtime has no matplotlib).
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import cast
@@ -18,6 +19,7 @@ from PIL import Image, ImageDraw
 
 from edge_infer.classifier import Classifier, Prediction
 from edge_infer.draw_graph import load_font
+from edge_infer.files import save_new_file
 from edge_infer.preprocess import ImageInput, load_image, preprocess
 
 __all__ = ["PANEL", "SCALE", "explain", "input_pixels", "model_input_box", "save_explanation"]
@@ -28,6 +30,7 @@ MARGIN, TITLE = 14, 26
 BACKGROUND, PANEL_BACKGROUND, INK = (255, 255, 255), (236, 236, 236), (30, 30, 30)
 BAR, BAR_TOP = (160, 180, 210), (46, 98, 170)
 TOP_K = 3
+MAX_STEM = 200  # characters of the image's name kept in the picture's (a file name is at most 255 bytes)
 
 
 def model_input_box() -> tuple[int, int, int, int]:
@@ -95,18 +98,23 @@ def explain(
 
 
 def save_explanation(
-    image: ImageInput, display_path: str, prediction: Prediction, out_dir: str | os.PathLike[str], used: set[str]
+    image: ImageInput,
+    display_path: str,
+    prediction: Prediction,
+    out_dir: str | os.PathLike[str],
+    used: dict[str, int] | None = None,
 ) -> Path:
-    """explain() into out_dir/<image name>.png ('stdin.png' for '-'); a name seen before in `used` gets -2, -3."""
-    stem = "stdin" if display_path == "-" else Path(display_path).stem or "image"
-    name, count = stem, 1
-    while name in used:
-        count += 1
-        name = f"{stem}-{count}"
-    used.add(name)
-    target = Path(out_dir) / f"{name}.png"
-    explain(image, prediction=prediction).save(target, format="PNG")
-    return target
+    """explain() into a new file out_dir/<image name>.png ('stdin.png' for '-'). A name already taken (by an
+    earlier image, an earlier run, or anything else in out_dir) gets -2, -3, ...: nothing there is ever
+    replaced or written through (edge_infer.files.save_new_file). `used` (stem -> next number to try) saves
+    retrying the names this run took already."""
+    stem = ("stdin" if display_path == "-" else Path(display_path).stem or "image")[:MAX_STEM]
+    buffer = io.BytesIO()
+    explain(image, prediction=prediction).save(buffer, format="PNG")
+    used = {} if used is None else used
+    name, count = save_new_file(out_dir, stem, ".png", buffer.getvalue(), used.get(stem, 1))
+    used[stem] = count + 1
+    return Path(out_dir) / name
 
 
 def input_pixels(digit: np.ndarray) -> np.ndarray:

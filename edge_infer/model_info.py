@@ -24,11 +24,22 @@ INPUT_LAYOUT = (
     f"{INPUT_NAME}: float32 [{STEPS}, N, {PIXELS}] = (time step = image row, batch, pixels of that row); "
     f"{OUTPUT_NAME}: float32 [N, {CLASSES}]"
 )
+MAX_METADATA_VALUE = 64 * 1024  # characters of one metadata value (the bundled models' longest: ~300)
+MAX_SWITCH_BATCH = 4096  # the largest batch size an auto-form model may switch branches at (edge-export: 16-64)
 PREPROCESSING = (
     "MNIST form: 28x28 grey image, ink bright (1.0) on a dark (0.0) background, values in [0, 1] "
     "as torchvision's ToTensor gives them, the digit scaled to fit a 20x20 box (aspect kept) and "
     "placed with its centre of mass at the centre; any normalisation happens inside the graph"
 )
+
+
+# The JSON type each structured ModelInfo field must have (its annotation, as a string).
+_JSON_KINDS: dict[str, tuple[type, ...]] = {
+    "float": (int, float),
+    "int": (int,),
+    "dict[str, Any]": (dict,),
+    "list[str]": (list,),
+}
 
 
 def to_rows(digits: np.ndarray) -> np.ndarray:
@@ -79,8 +90,35 @@ class ModelInfo:
                     raise ValueError(f"model metadata lacks {f.name!r}")
                 continue  # optional: the dataclass default applies
             text = props[f.name]
+            if len(text) > MAX_METADATA_VALUE:
+                raise ValueError(
+                    f"model metadata {f.name!r} is too long ({len(text):,} characters, limit {MAX_METADATA_VALUE:,})"
+                )
             try:
                 values[f.name] = text if f.type in ("str", str) else json.loads(text)
+            except RecursionError:
+                raise ValueError(f"model metadata {f.name!r} is nested too deeply") from None
             except ValueError:
                 raise ValueError(f"model metadata {f.name!r} is not valid JSON") from None
+            kind = _JSON_KINDS.get(str(f.type))
+            if kind is not None and (isinstance(values[f.name], bool) or not isinstance(values[f.name], kind)):
+                raise ValueError(f"model metadata {f.name!r} is not a JSON {kind[-1].__name__}")
+        large_from_batch(values.get("model"))  # refuses a switch no batch can reach (1e400 reads as inf)
         return cls(**values)
+
+    @property
+    def large_from_batch(self) -> int | None:
+        """The batch size from which an auto-form model runs its other branch (its If on the batch size),
+        from the metadata; None for models of one form. ValueError if it is not a sane batch size."""
+        return large_from_batch(self.model)
+
+
+def large_from_batch(model: object) -> int | None:
+    """metadata["model"]["large_from_batch"] (parsed JSON): an int in [2, MAX_SWITCH_BATCH], or None if
+    absent; ValueError otherwise (1e400 parses as inf, a string, a huge int...)."""
+    value = model.get("large_from_batch") if isinstance(model, dict) else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= MAX_SWITCH_BATCH:
+        raise ValueError(f"model metadata large_from_batch must be a batch size from 2 to {MAX_SWITCH_BATCH}")
+    return value
