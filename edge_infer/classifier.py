@@ -354,7 +354,9 @@ def read_each(images: Iterable[ImageInput], read: Callable[[ImageInput], T], err
             results.append(
                 error
                 if isinstance(error, ImageError)
-                else ImageError(f"unexpected {type(error).__name__} while reading the image: {_first_line(error)[:200]}")
+                else ImageError(
+                    f"unexpected {type(error).__name__} while reading the image: {_first_line(error)[:200]}"
+                )
             )
     return results
 

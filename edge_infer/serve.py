@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     import uvicorn
 
 PROG = "edge-infer serve"
-EXTRA_MODULES = ("fastapi", "uvicorn", "multipart")
 SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
 
 
@@ -69,7 +68,8 @@ def is_loopback(host: str) -> bool:
 
 def listen(host: str, port: int) -> socket.socket:
     """A bound, listening socket (IPv4 or IPv6, as the host says); OSError when that fails."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = found[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -225,9 +225,11 @@ def _command() -> click.Command:
 
 def main(args: list[str]) -> None:
     """`edge-infer serve ARGS` (edge_infer.cli dispatches here)."""
-    import importlib.util
-
-    missing = [name for name in EXTRA_MODULES if importlib.util.find_spec(name) is None]
-    if missing:
-        fail(PROG, f'the server needs the serve extra ({", ".join(missing)} missing): pip install "edge-infer[serve]"')
+    try:
+        import fastapi  # noqa: F401
+        import python_multipart  # noqa: F401  # (Starlette's form parser)
+        import uvicorn  # noqa: F401
+    except ImportError as error:
+        missing = error.name or str(error)
+        fail(PROG, f'the server needs the serve extra ({missing} is not installed): pip install "edge-infer[serve]"')
     _command().main(args, prog_name=PROG)

@@ -15,7 +15,7 @@ import base64
 import contextlib
 import hmac
 import io
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -70,7 +70,7 @@ class ApiError(Exception):
         self.status, self.message, self.headers = status, message, headers
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": " ".join(message.split())}, status, headers=headers)
 
 
@@ -78,6 +78,7 @@ def with_min_confidence(prediction: Prediction, min_confidence: float | None) ->
     """The prediction as a Classifier with this min_confidence would give it (None: as it is)."""
     if min_confidence is None or not prediction.digit_found:
         return prediction
+    assert prediction.guess is not None  # (digit_found)
     sure = prediction.confidence >= min_confidence
     return replace(prediction, label=prediction.guess if sure else -1)
 
@@ -89,7 +90,7 @@ def png_base64(digit: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-async def _limited_body(request: Request, max_body: int) -> AsyncIterator[bytes]:
+async def _limited_body(request: Request, max_body: int) -> AsyncGenerator[bytes, None]:
     """The request body, refused with 413 as soon as it is known to exceed max_body: from Content-Length
     before anything is read, or by counting the bytes received (chunked bodies, lying headers)."""
     declared = request.headers.get("content-length")

@@ -124,7 +124,8 @@ class Batcher:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), left)
                 self._wake.clear()
-            jobs, size = [], 0
+            jobs: list[_Job] = []
+            size = 0
             while self._queue and (not jobs or size + len(self._queue[0].digits) <= self.max_batch):
                 job = self._queue.pop(0)
                 jobs.append(job)
