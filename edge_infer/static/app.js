@@ -154,6 +154,7 @@ function showDigit(record) {
     bar.className = "bar";
     bar.style.width = `${Math.max(0.5, 100 * p)}%`;
     const track = document.createElement("span");
+    track.className = "track";
     track.append(bar);
     const value = document.createElement("span");
     value.className = "value";
