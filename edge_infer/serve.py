@@ -1,6 +1,6 @@
 """`edge-infer serve`: the reader over HTTP (edge_infer.serve_app) with uvicorn, and the drawing page at /.
 
-Needs the serve extra (`pip install "edge-infer[serve]"`: FastAPI, uvicorn, python-multipart); without it
+Needs the serve extra (`pip install "edge-infer[serve]"`: Starlette, uvicorn, python-multipart); without it
 the command says so in one line and exits 2. The model is loaded and the port bound before the first line
 is printed, so a bad model or a port in use is one error line (exit 2), and `--port 0` picks a free port and
 prints it. SIGTERM or Ctrl-C stops accepting connections, lets the requests in progress finish (up to
@@ -226,8 +226,8 @@ def _command() -> click.Command:
 def main(args: list[str]) -> None:
     """`edge-infer serve ARGS` (edge_infer.cli dispatches here)."""
     try:
-        import fastapi  # noqa: F401
         import python_multipart  # noqa: F401  # (Starlette's form parser)
+        import starlette  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as error:
         missing = error.name or str(error)

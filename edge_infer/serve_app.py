@@ -1,11 +1,13 @@
-"""The HTTP API and drawing page of `edge-infer serve` (FastAPI): a thin layer over Classifier.
+"""The HTTP API and drawing page of `edge-infer serve` (Starlette): a thin layer over Classifier.
 
     app = create_app(ServeConfig(), Classifier())   # an ASGI app; edge_infer.serve runs it with uvicorn
 
 POST /v1/digits and /v1/numbers answer with the CLI's --json records (edge_infer.cli.digit_record,
-number_record, error_record), one per image in the order sent. Images are decoded in a small thread pool;
-their digits are classified by the Batcher (edge_infer.serve_batching), which lets requests that arrive
-together share one session.run. Every error is JSON, {"error": "one line"}, with its HTTP status.
+number_record, error_record), one per image in the order sent. Small images are decoded on the event loop,
+larger ones in a small thread pool; their digits are classified by the Batcher (edge_infer.serve_batching),
+which lets requests that arrive together share one session.run. Every error is JSON, {"error": "one line"},
+with its HTTP status. The OpenAPI description (/openapi.json) is built from the same tables that the
+handlers read (QUERY, ROUTES), so the two can't disagree.
 """
 
 from __future__ import annotations
@@ -19,18 +21,19 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Se
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import numpy as np
-from fastapi import FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
-from fastapi.staticfiles import StaticFiles
 from PIL import Image
+from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from edge_infer.classifier import Classifier, Prediction, read_each, usable_cpus
 from edge_infer.cli import digit_record, error_record, info_record, number_record
@@ -43,6 +46,9 @@ __all__ = ["STATIC_DIR", "ServeConfig", "create_app"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 RAW_TYPES = ("image/", "application/octet-stream")  # a raw body of one image (or no Content-Type at all)
+# Bodies up to this size are decoded on the event loop: a small PNG takes ~0.1-0.3 ms to decode, less than
+# handing it to a thread and back; larger ones (photos: tens of ms) go to the decoding threads.
+INLINE_DECODE_BYTES = 16 * 1024
 RAW_NAME = "-"  # the "path" of a raw body's record, as the CLI names stdin
 T = TypeVar("T")
 
@@ -153,7 +159,10 @@ class Api:
         return [(RAW_NAME, data)]
 
     async def decode(self, read: Callable[[Any], T], images: Sequence[bytes]) -> list[T | ImageError]:
-        """read(image) for each image in a decoding thread (the event loop keeps serving)."""
+        """read(image) for each image: small ones right here, larger ones in a decoding thread (the event loop
+        keeps serving meanwhile)."""
+        if sum(len(image) for image in images) <= INLINE_DECODE_BYTES:
+            return read_each(images, read, "return")
         return await asyncio.get_running_loop().run_in_executor(
             self.decoders, lambda: read_each(images, read, "return")
         )
@@ -237,19 +246,98 @@ class Api:
         return records
 
 
-TopK = Annotated[int, Query(ge=1, le=10, description="Also list the next most likely digits (top_k).")]
-MinConfidence = Annotated[
-    float | None,
-    Query(ge=0.0, le=1.0, description="Below this probability a digit is 'not sure' (default: the server's)."),
-]
-WantInput = Annotated[
-    bool, Query(alias="input", description="Add the 28x28 model input of each digit as a base64 PNG.")
-]
-IMAGE_BODY = {
-    "requestBody": {
+@dataclass(frozen=True)
+class QueryParameter:
+    """A query parameter of POST /v1/digits or /v1/numbers: how it is read, and how /openapi.json shows it."""
+
+    name: str
+    kind: type  # int, float or bool
+    default: Any
+    description: str
+    low: float | None = None
+    high: float | None = None
+
+    def read(self, text: str | None) -> Any:
+        """The value of the parameter given as text (None: absent); ApiError 422 when it is not one."""
+        if text is None:
+            return self.default
+        try:
+            if self.kind is bool:
+                if text.lower() not in BOOLEANS:
+                    raise ValueError
+                value: Any = BOOLEANS[text.lower()]
+            else:
+                value = self.kind(text)
+        except ValueError:
+            raise ApiError(422, f"{self.name}: {text!r} is not {KIND_NAMES[self.kind]}") from None
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            raise ApiError(422, f"{self.name}: {text} is not in [{self.low:g}, {self.high:g}]")
+        return value
+
+    def openapi(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": OPENAPI_TYPES[self.kind]}
+        if self.default is not None:
+            schema["default"] = self.default
+        if self.low is not None:
+            schema["minimum"], schema["maximum"] = self.low, self.high
+        return {"name": self.name, "in": "query", "required": False, "description": self.description, "schema": schema}
+
+
+BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false"}
+OPENAPI_TYPES = {int: "integer", float: "number", bool: "boolean"}
+TOP_K = QueryParameter("top_k", int, 1, "Also list the next most likely digits (up to 10).", 1, 10)
+MIN_CONFIDENCE = QueryParameter(
+    "min_confidence", float, None, "Below this probability a digit is 'not sure' (default: the server's).", 0, 1
+)
+INPUT = QueryParameter("input", bool, False, "Add the 28x28 model input of each digit as a base64 PNG.")
+QUERY = {"/v1/digits": (TOP_K, MIN_CONFIDENCE, INPUT), "/v1/numbers": (MIN_CONFIDENCE, INPUT)}
+
+
+def read_query(request: Request, path: str) -> dict[str, Any]:
+    """The query parameters of a request to path, by name; unknown ones are refused (422: a typo is not ignored)."""
+    known = {parameter.name: parameter for parameter in QUERY[path]}
+    unknown = sorted(set(request.query_params) - set(known))
+    if unknown:
+        raise ApiError(422, f"unknown query parameter {unknown[0]!r}; known: {', '.join(known)}")
+    return {name: parameter.read(request.query_params.get(name)) for name, parameter in known.items()}
+
+
+ROUTES = {  # path -> (method, summary, description) for /openapi.json
+    "/v1/digits": (
+        "post",
+        "Classify single digits",
+        "One image as the raw body (PNG, JPEG, GIF, BMP, TIFF, WebP, PNM, ICO, TGA) or several as multipart "
+        'files. Answers {"results": [...]}: per image, in the order sent, the record `edge-infer --json` prints, '
+        'or {"path", "error"} for an image that cannot be read. A raw body is named "-".',
+    ),
+    "/v1/numbers": (
+        "post",
+        "Read whole numbers (a line of digits per image)",
+        "As /v1/digits, each image read as one number: the records of `edge-infer --number --json`.",
+    ),
+    "/v1/model": ("get", "The model's metadata, the server's limits and batching counts", ""),
+    "/healthz": ("get", "Liveness: the model is loaded and the server answers", ""),
+}
+ERROR_STATUSES = {
+    "/v1/digits": ("400", "401", "408", "413", "415", "422", "503"),
+    "/v1/numbers": ("400", "401", "408", "413", "415", "422", "503"),
+    "/v1/model": ("401",),
+    "/healthz": (),
+}
+
+
+def openapi(version: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 description of the API."""
+    error = {
+        "description": "An error",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    body = {
         "required": True,
         "content": {
             "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
@@ -258,28 +346,97 @@ IMAGE_BODY = {
             },
         },
     }
-}
+    paths: dict[str, Any] = {}
+    for path, (method, summary, description) in ROUTES.items():
+        operation: dict[str, Any] = {
+            "summary": summary,
+            "responses": {
+                "200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
+            },
+        }
+        if description:
+            operation["description"] = description
+        if path in QUERY:
+            operation["parameters"] = [parameter.openapi() for parameter in QUERY[path]]
+            operation["requestBody"] = body
+        if path.startswith("/v1/"):
+            operation["security"] = [{}, {"bearer": []}]  # the token only when the server was given one
+        operation["responses"].update({status: error for status in ERROR_STATUSES[path]})
+        paths[path] = {method: operation}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "edge-infer", "version": version, "summary": "Read digits and numbers from images."},
+        "paths": paths,
+        "components": {
+            "schemas": {
+                "Error": {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
+            },
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
 
 
-def create_app(config: ServeConfig, classifier: Classifier) -> FastAPI:
+def create_app(config: ServeConfig, classifier: Classifier) -> Starlette:
     """The ASGI app: the API over `classifier`, the drawing page at /, JSON errors."""
     api = Api(config, classifier)
+    description = openapi(_version())
+    page = (STATIC_DIR / "index.html").read_bytes()
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await api.batcher.start()
         yield
         await api.batcher.stop()
         api.decoders.shutdown(wait=True)
 
-    # No /docs or /redoc: their pages load from a CDN, and the device may be offline (/openapi.json stays).
-    app = FastAPI(
-        title="edge-infer",
-        version=_version(),
-        summary="Read handwritten or printed digits and numbers from images.",
-        docs_url=None,
-        redoc_url=None,
+    async def digits(request: Request) -> JSONResponse:
+        query = read_query(request, "/v1/digits")
+        return await api.answer(request, False, query["top_k"], query["min_confidence"], query["input"])
+
+    async def numbers(request: Request) -> JSONResponse:
+        query = read_query(request, "/v1/numbers")
+        return await api.answer(request, True, 1, query["min_confidence"], query["input"])
+
+    async def model(request: Request) -> JSONResponse:
+        api.check_token(request)
+        limits = {"max_body": config.max_body, "max_images": config.max_images, "timeout_s": config.timeout_s}
+        batching = {"enabled": config.batching, "wait_s": config.batch_wait_s, **asdict(api.batcher.stats)}
+        record = {**info_record(classifier), "min_confidence": classifier.min_confidence}
+        return JSONResponse({**record, "limits": limits, "batching": batching})
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def openapi_json(request: Request) -> JSONResponse:
+        return JSONResponse(description)
+
+    async def index(request: Request) -> HTMLResponse:
+        return HTMLResponse(page)
+
+    async def api_error(request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, ApiError)
+        return error_response(error.status, error.message, error.headers)
+
+    async def http_error(request: Request, error: Exception) -> JSONResponse:  # 404, 405 from the router
+        assert isinstance(error, HTTPException)
+        return error_response(error.status_code, str(error.detail), error.headers)
+
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        return error_response(500, f"internal error: {type(error).__name__}: {error}")
+
+    routes = [
+        Route("/v1/digits", digits, methods=["POST"]),
+        Route("/v1/numbers", numbers, methods=["POST"]),
+        Route("/v1/model", model, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+        Route("/", index, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+    ]
+    app = Starlette(
+        routes=routes,
         lifespan=lifespan,
+        exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: unexpected},
     )
     if config.cors:
         from starlette.middleware.cors import CORSMiddleware
@@ -290,65 +447,6 @@ def create_app(config: ServeConfig, classifier: Classifier) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
         )
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, error: ApiError) -> JSONResponse:
-        return error_response(error.status, error.message, error.headers)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, error: HTTPException) -> JSONResponse:  # 404, 405
-        return error_response(error.status_code, str(error.detail), error.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def bad_parameter(request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = [f"{'.'.join(str(part) for part in e['loc'][1:])}: {e['msg']}" for e in error.errors()]
-        return error_response(422, "; ".join(problems))
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception) -> JSONResponse:
-        return error_response(500, f"internal error: {type(error).__name__}: {error}")
-
-    @app.post("/v1/digits", openapi_extra=IMAGE_BODY, summary="Classify single digits")
-    async def digits(
-        request: Request, top_k: TopK = 1, min_confidence: MinConfidence = None, want_input: WantInput = False
-    ) -> JSONResponse:
-        """One image as the raw body (PNG, JPEG, ... as `edge-infer` reads them) or several as multipart files.
-        Answers {"results": [...]}: per image, in the order sent, the record `edge-infer --json` prints, or
-        {"path", "error"} for an image that cannot be read."""
-        return await api.answer(request, False, top_k, min_confidence, want_input)
-
-    @app.post("/v1/numbers", openapi_extra=IMAGE_BODY, summary="Read whole numbers (a line of digits)")
-    async def numbers(
-        request: Request, min_confidence: MinConfidence = None, want_input: WantInput = False
-    ) -> JSONResponse:
-        """As /v1/digits, each image read as one number: the records of `edge-infer --number --json`."""
-        return await api.answer(request, True, 1, min_confidence, want_input)
-
-    @app.get("/v1/model", summary="The model's metadata and the server's limits")
-    async def model(request: Request) -> JSONResponse:
-        api.check_token(request)
-        limits = {"max_body": config.max_body, "max_images": config.max_images, "timeout_s": config.timeout_s}
-        batching = {"enabled": config.batching, "wait_s": config.batch_wait_s, **asdict(api.batcher.stats)}
-        return JSONResponse(
-            {
-                **info_record(classifier),
-                "min_confidence": classifier.min_confidence,
-                "limits": limits,
-                "batching": batching,
-            }
-        )
-
-    @app.get("/healthz", summary="Liveness: the model is loaded")
-    async def healthz() -> JSONResponse:
-        return JSONResponse({"status": "ok"})
-
-    page = (STATIC_DIR / "index.html").read_bytes()
-
-    @app.get("/", include_in_schema=False)
-    async def index() -> HTMLResponse:
-        return HTMLResponse(page)
-
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 
 

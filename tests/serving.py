@@ -38,14 +38,14 @@ CHROMIUM_FLAGS = (
     "--no-proxy-server",
     "--disable-dev-shm-usage",
 )
-START_TIMEOUT_S = 30  # a loaded 2-core machine: importing FastAPI, uvicorn and onnxruntime takes ~1 s
+START_TIMEOUT_S = 30  # a loaded 2-core machine: importing Starlette, uvicorn and onnxruntime takes ~1 s
 
 
 def missing_serve_parts() -> str | None:
     """Why the server can't run here (the serve extra is not installed), or None."""
     import importlib.util
 
-    missing = [name for name in ("fastapi", "uvicorn", "python_multipart") if importlib.util.find_spec(name) is None]
+    missing = [name for name in ("starlette", "uvicorn", "python_multipart") if importlib.util.find_spec(name) is None]
     return f'the serve extra is not installed ({", ".join(missing)}): pip install -e ".[serve]"' if missing else None
 
 

@@ -337,7 +337,7 @@ def test_usage_errors_are_one_line_exit_2(tmp_path):
             assert says in result.stderr, (args, result.stderr)
     finally:
         taken.close()
-    without = _edge_infer("serve", prelude="import sys; sys.modules['fastapi'] = None; ")
+    without = _edge_infer("serve", prelude="import sys; sys.modules['starlette'] = None; ")
     assert without.returncode == 2 and without.stderr.count("\n") == 1
     assert 'pip install "edge-infer[serve]"' in without.stderr
 
