@@ -54,7 +54,7 @@ def missing_browser() -> str | None:
     import importlib.util
 
     if importlib.util.find_spec("selenium") is None:
-        return "selenium is not installed (the serve extra)"
+        return "selenium is not installed (the dev extra)"
     for program in (CHROMIUM, CHROMEDRIVER):
         if not os.access(program, os.X_OK):
             return f"{program} not found: apt-get install -y chromium chromium-driver"

@@ -265,9 +265,9 @@ def test_model_health_openapi_and_page(server, classifier):
         assert reply.status == 200 and b"://" not in reply.body  # offline: nothing from a CDN
 
 
-def test_token_is_required_on_the_api_only():
+def test_token_is_required_on_the_api_only_and_cors_allows_the_origin_given():
     _require(missing_serve_parts())
-    with ServerProcess([], env={"EDGE_INFER_TOKEN": "s3cret"}) as server:
+    with ServerProcess(["--cors", "http://app.example"], env={"EDGE_INFER_TOKEN": "s3cret"}) as server:
         image = EXAMPLES[0].read_bytes()
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
             for method, path in (("POST", "/v1/digits"), ("POST", "/v1/numbers"), ("GET", "/v1/model")):
@@ -276,6 +276,13 @@ def test_token_is_required_on_the_api_only():
         ok = call(server.port, "POST", "/v1/digits", image, {"Authorization": "Bearer s3cret"})
         assert ok.status == 200 and ok.json["results"][0]["label"] is not None
         assert call(server.port, "GET", "/healthz").status == 200 and call(server.port, "GET", "/").status == 200
+        preflight = {"Origin": "http://app.example", "Access-Control-Request-Method": "POST"}
+        allowed = call(
+            server.port, "OPTIONS", "/v1/digits", None, preflight | {"Access-Control-Request-Headers": "authorization"}
+        )
+        assert allowed.status == 200 and allowed.headers["access-control-allow-origin"] == "http://app.example"
+        other = call(server.port, "GET", "/healthz", None, {"Origin": "http://elsewhere.example"})
+        assert other.status == 200 and "access-control-allow-origin" not in other.headers
 
 
 def test_busy_server_answers_503_and_slow_bodies_408():
