@@ -265,9 +265,9 @@ def test_model_health_openapi_and_page(server, classifier):
         assert reply.status == 200 and b"://" not in reply.body  # offline: nothing from a CDN
 
 
-def test_token_is_required_on_the_api_only_and_cors_allows_the_origin_given():
+def test_int8_token_required_on_the_api_only_and_cors_for_the_origin_given():
     _require(missing_serve_parts())
-    with ServerProcess(["--cors", "http://app.example"], env={"EDGE_INFER_TOKEN": "s3cret"}) as server:
+    with ServerProcess(["--cors", "http://app.example", "--int8"], env={"EDGE_INFER_TOKEN": "s3cret"}) as server:
         image = EXAMPLES[0].read_bytes()
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
             for method, path in (("POST", "/v1/digits"), ("POST", "/v1/numbers"), ("GET", "/v1/model")):
@@ -275,6 +275,8 @@ def test_token_is_required_on_the_api_only_and_cors_allows_the_origin_given():
                 assert reply.status == 401 and reply.headers["www-authenticate"] == "Bearer", (method, path, headers)
         ok = call(server.port, "POST", "/v1/digits", image, {"Authorization": "Bearer s3cret"})
         assert ok.status == 200 and ok.json["results"][0]["label"] is not None
+        model = call(server.port, "GET", "/v1/model", None, {"Authorization": "Bearer s3cret"}).json
+        assert model["precision"] == "int8" and model["source"] == Classifier(int8=True).source
         assert call(server.port, "GET", "/healthz").status == 200 and call(server.port, "GET", "/").status == 200
         preflight = {"Origin": "http://app.example", "Access-Control-Request-Method": "POST"}
         allowed = call(
