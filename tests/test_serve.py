@@ -303,7 +303,8 @@ def test_busy_server_answers_503_and_slow_bodies_408():
         assert call(server.port, "POST", "/v1/digits", EXAMPLES[0].read_bytes()).status == 200
 
 
-def test_sigterm_finishes_the_request_in_progress_then_exits_0():
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_stopping_finishes_the_request_in_progress_then_exits_0(sig):
     _require(missing_serve_parts())
     server = ServerProcess().start()
     image = EXAMPLES[0].read_bytes()
@@ -311,7 +312,7 @@ def test_sigterm_finishes_the_request_in_progress_then_exits_0():
         sock.sendall(f"POST /v1/digits HTTP/1.1\r\nHost: x\r\nContent-Length: {len(image)}\r\n\r\n".encode())
         time.sleep(0.3)
         assert server.process is not None
-        server.process.send_signal(signal.SIGTERM)
+        server.process.send_signal(sig)
         time.sleep(0.3)
         sock.sendall(image)
         status, body = _read_answer(sock)
