@@ -1,4 +1,5 @@
 """edge-infer: classify digit images from files, directories or stdin. A thin shell over Classifier.
+`edge-infer serve ...` (first argument) runs the HTTP server instead (edge_infer.serve).
 
 Exit codes: 0 every image classified, 1 some input failed (the rest are still printed), 2 usage error.
 
@@ -453,7 +454,7 @@ def _command() -> click.Command:
         """Classify handwritten or printed digits in PATH... (image files, directories, or - for stdin).
 
         Prints one line per image: path, digit, confidence (tab-separated); '-' for the digit when the image
-        holds none.
+        holds none. `edge-infer serve --help`: the same over HTTP, with a drawing page (a file named serve: ./serve).
         """
         run(paths, Options(**settings))
 
