@@ -122,6 +122,11 @@ def test_numbers_are_read_number_records(server, classifier):
     assert reply.status == 200 and same(reply.json, {"results": expected}), reply.json
     with_input = call(server.port, "POST", "/v1/numbers?input=1", blobs[0]).json["results"][0]
     assert with_input["number"] == expected[0]["number"] and all(len(d["input"]) > 50 for d in with_input["digits"])
+    unsure = call(server.port, "POST", "/v1/numbers?min_confidence=1", blobs[0]).json["results"][0]
+    strict = number_record("-", Classifier(min_confidence=1.0).read_number(blobs[0]))
+    assert (
+        same(unsure, strict) and set(unsure["number"]) == {"?"} and len(unsure["number"]) == len(expected[0]["number"])
+    )
 
 
 def test_bad_images_get_errors_beside_the_good_answers(server, classifier, bomb_png, tmp_path):
