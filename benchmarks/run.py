@@ -9,7 +9,8 @@ numbers from it, only the targets and where each stands; RESULTS.md is the recor
 
 Sections: 1 inference (torch vs onnxruntime fp32/int8), 2 CLI cold start, 3 bulk, 4 training (only with
 --training: it runs three edge-train recipes, ~10 minutes, unless OUT already holds their histories),
-5 model sizes, 6 whole numbers. See benchmarks/README.md.
+5 model sizes, 6 whole numbers, 7 serve (`edge-infer serve` under load; needs the serve extra). See
+benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ import bulk
 import cold_start
 import inference
 import photo
+import serve
 import sizes
 import training
 import whole_numbers
 from benchlib import ROOT, add_common_args, machine_header
 
 from edge_infer.classifier import bundled_model_path
+from tests.serving import missing_serve_parts
 from train.files import atomic_write
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -88,6 +91,9 @@ def main() -> None:
     )
     progress("6. whole numbers")
     sections.append(whole_numbers.run(args.data_dir, args.quick))
+    progress("7. serve")
+    missing = missing_serve_parts()
+    sections.append(f"## 7. Serve\n\nNot run: {missing}.\n" if missing else serve.run(args.data_dir, args.quick))
     progress("done")
 
     command = shlex.join(["python", "benchmarks/run.py", *sys.argv[1:]])

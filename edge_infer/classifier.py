@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, cast, overload
+from typing import TYPE_CHECKING, Literal, TypeVar, cast, overload
 
 import numpy as np
 
@@ -39,7 +39,9 @@ except ImportError:
         from hashlib import sha256
 
 if TYPE_CHECKING:
-    from edge_infer.number import NumberPlan, NumberReading
+    from edge_infer.number import NumberReading
+
+T = TypeVar("T")
 
 ort.disable_telemetry_events()
 ort.set_default_logger_severity(3)  # errors only, on stderr: its warnings are not the user's business
@@ -358,26 +360,10 @@ class Classifier:
         that image's place instead, so one bad image never stops the others (a decoder bug's exception
         becomes an ImageError too). Messages name no path: the caller knows which input it was.
         """
-        if errors not in ("raise", "return"):
-            raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
-        digits: list[np.ndarray] = []
-        failures: list[ImageError | None] = []
-        for image in images:
-            try:
-                digits.append(preprocess(image))
-                failures.append(None)
-            except Exception as error:
-                if errors == "raise":
-                    raise
-                failures.append(
-                    error
-                    if isinstance(error, ImageError)
-                    else ImageError(
-                        f"unexpected {type(error).__name__} while reading the image: {_first_line(error)[:200]}"
-                    )
-                )
+        prepared = read_each(images, preprocess, errors)
+        digits = [digit for digit in prepared if not isinstance(digit, ImageError)]
         predictions = iter(self.classify(np.stack(digits)) if digits else [])
-        return [next(predictions) if failure is None else failure for failure in failures]
+        return [digit if isinstance(digit, ImageError) else next(predictions) for digit in prepared]
 
     def read_number(self, image: ImageInput) -> NumberReading:
         """Read all the digits of one line of digits (a number) in one image; see edge_infer.number."""
@@ -391,30 +377,37 @@ class Classifier:
         """read_number for many images, all their candidate digits in one session.run. errors="raise" raises
         ImageError on the first unreadable image; errors="return" puts the ImageError in its place instead
         (as predict_many does)."""
-        from edge_infer.number import decide, plan_number  # the number reader loads only when used
+        from edge_infer.number import all_digits, decide_all, plan_number  # the number reader loads only when used
 
-        if errors not in ("raise", "return"):
-            raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
-        plans: list[NumberPlan | ImageError] = []
-        for image in images:
-            try:
-                plans.append(plan_number(image))
-            except Exception as error:  # with "return", even a decoder bug must not lose the other images
-                if errors == "raise":
-                    raise
-                plans.append(
-                    error
-                    if isinstance(error, ImageError)
-                    else ImageError(
-                        f"unexpected {type(error).__name__} while reading the image: {_first_line(error)[:200]}"
-                    )
+        plans = read_each(images, plan_number, errors)
+        good = [plan for plan in plans if not isinstance(plan, ImageError)]
+        digits = all_digits(good)
+        readings = iter(decide_all(good, self.classify(digits) if len(digits) else []))
+        return [plan if isinstance(plan, ImageError) else next(readings) for plan in plans]
+
+
+def read_each(images: Iterable[ImageInput], read: Callable[[ImageInput], T], errors: str) -> list[T | ImageError]:
+    """read(image) for each image. errors="raise": raise ImageError on the first unreadable image;
+    errors="return": put the ImageError in that image's place instead, so one bad image never stops the others
+    (a decoder bug's exception becomes an ImageError too). Messages name no path: the caller knows which input
+    it was."""
+    if errors not in ("raise", "return"):
+        raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
+    results: list[T | ImageError] = []
+    for image in images:
+        try:
+            results.append(read(image))
+        except Exception as error:
+            if errors == "raise":
+                raise
+            results.append(
+                error
+                if isinstance(error, ImageError)
+                else ImageError(
+                    f"unexpected {type(error).__name__} while reading the image: {_first_line(error)[:200]}"
                 )
-        good = [plan for plan in plans if not isinstance(plan, Exception)]
-        counts = [len(plan.digits) for plan in good]
-        predictions = self.classify(np.concatenate([plan.digits for plan in good])) if sum(counts) else []
-        offsets = np.cumsum([0] + counts).tolist()
-        readings = iter([decide(plan, predictions[offsets[i] : offsets[i + 1]]) for i, plan in enumerate(good)])
-        return [plan if isinstance(plan, Exception) else next(readings) for plan in plans]
+            )
+    return results
 
 
 def _first_line(error: BaseException) -> str:

@@ -1,4 +1,5 @@
 """edge-infer: classify digit images from files, directories or stdin. A thin shell over Classifier.
+`edge-infer serve ...` (first argument) runs the HTTP server instead (edge_infer.serve).
 
 Exit codes: 0 every image classified, 1 some input failed (the rest are still printed), 2 usage error.
 
@@ -177,24 +178,29 @@ def _round(value: float) -> float:
     return round(float(value), 6)
 
 
+def digit_record(path: str, prediction: Prediction, top_k: int) -> dict[str, Any]:
+    """The --json record of one digit (also what `edge-infer serve` answers); path as given."""
+    record: dict[str, Any] = {
+        "path": display(path),
+        "label": prediction.label if prediction.label >= 0 else None,
+        "confidence": _round(prediction.confidence),
+        "probabilities": [_round(p) for p in prediction.probabilities],
+    }
+    if not prediction.digit_found:
+        record["no_digit"] = True
+    elif prediction.unsure:
+        record["unsure"], record["guess"] = True, prediction.guess
+    if top_k > 1:
+        record["top_k"] = [[d, _round(p)] for d, p in prediction.top_k(top_k)]
+    return record
+
+
 def format_line(path: str, prediction: Prediction, top_k: int, as_json: bool) -> str:
     """One output line; path as given (it is escaped here with display())."""
     if as_json:
         import json
 
-        record: dict[str, Any] = {
-            "path": display(path),
-            "label": prediction.label if prediction.label >= 0 else None,
-            "confidence": _round(prediction.confidence),
-            "probabilities": [_round(p) for p in prediction.probabilities],
-        }
-        if not prediction.digit_found:
-            record["no_digit"] = True
-        elif prediction.unsure:
-            record["unsure"], record["guess"] = True, prediction.guess
-        if top_k > 1:
-            record["top_k"] = [[d, _round(p)] for d, p in prediction.top_k(top_k)]
-        return json.dumps(record, allow_nan=False)
+        return json.dumps(digit_record(path, prediction, top_k), allow_nan=False)
     if not prediction.digit_found:
         return f"{display(path)}\t-\t0.0000"
     label = prediction.label if prediction.label >= 0 else "-"  # '-': not sure (below --min-confidence)
@@ -212,18 +218,20 @@ def read_number_chunks(
         yield from classifier.read_numbers(images, errors="return")
 
 
+def number_record(path: str, reading: NumberReading) -> dict[str, Any]:
+    """The --number --json record of one image (also what `edge-infer serve` answers); path as given."""
+    digits = [
+        {"label": d.label if d.label >= 0 else None, "confidence": _round(d.confidence), "box": list(d.box)}
+        for d in reading.digits
+    ]
+    return {"path": display(path), "number": reading.text, "confidence": _round(reading.confidence), "digits": digits}
+
+
 def format_number(path: str, reading: NumberReading, as_json: bool) -> str:
     if as_json:
         import json
 
-        digits = [
-            {"label": d.label if d.label >= 0 else None, "confidence": _round(d.confidence), "box": list(d.box)}
-            for d in reading.digits
-        ]
-        return json.dumps(
-            {"path": display(path), "number": reading.text, "confidence": _round(reading.confidence), "digits": digits},
-            allow_nan=False,
-        )
+        return json.dumps(number_record(path, reading), allow_nan=False)
     return f"{display(path)}\t{reading.text or '-'}\t{reading.confidence:.4f}"
 
 
@@ -274,22 +282,32 @@ def _refuse_shadowing(save_dir: str, paths: list[str]) -> None:
             )
 
 
+def error_record(path: str, error: ImageError) -> dict[str, Any]:
+    return {"path": display(path), "error": str(error)}
+
+
 def format_error(path: str, error: ImageError, as_json: bool) -> str:
     if as_json:
         import json
 
-        return json.dumps({"path": display(path), "error": str(error)})
+        return json.dumps(error_record(path, error))
     return f"{PROG}: {display(path)}: {error}"
+
+
+def info_record(classifier: Classifier) -> dict[str, Any]:
+    """--info: the model's source and metadata (also GET /v1/model of `edge-infer serve`)."""
+    from dataclasses import asdict
+
+    return {"source": classifier.source, **asdict(classifier.info)}
 
 
 def _print_info(classifier: Classifier, as_json: bool) -> None:
     import json
-    from dataclasses import asdict
 
     from edge_infer.model_info import MAX_METADATA_VALUE
     from edge_infer.onnx_graph import printable
 
-    info = {"source": classifier.source, **asdict(classifier.info)}
+    info = info_record(classifier)
     if as_json:
         print(json.dumps(info))  # (JSON escapes control characters)
     else:
@@ -473,7 +491,7 @@ def _command() -> click.Command:
         """Classify handwritten or printed digits in PATH... (image files, directories, or - for stdin).
 
         Prints one line per image: path, digit, confidence (tab-separated); '-' for the digit when the image
-        holds none.
+        holds none. `edge-infer serve --help`: the same over HTTP, with a drawing page (a file named serve: ./serve).
         """
         run(paths, Options(**settings))
 
@@ -484,7 +502,11 @@ def main(args: list[str] | None = None) -> None:
     """The edge-infer console script. Never returns: exits with the CLI's exit code."""
     args = sys.argv[1:] if args is None else list(args)
     try:
-        if args and all(arg == "-" or not arg.startswith("-") for arg in args):
+        if args[:1] == ["serve"]:  # `edge-infer serve ...`; a file named serve: `edge-infer ./serve`
+            from edge_infer.serve import main as serve
+
+            serve(args[1:])
+        elif args and all(arg == "-" or not arg.startswith("-") for arg in args):
             run(args, Options())  # only paths: the common case needs no option parser
         else:
             _command().main(args, prog_name=PROG)

@@ -33,7 +33,7 @@ from PIL import Image
 from edge_infer.classifier import Prediction
 from edge_infer.preprocess import WORK_SIZE, ImageInput, _box_sum3, ink_map, ink_to_mnist, load_image, to_grey
 
-__all__ = ["DigitPrediction", "NumberReading", "NumberPlan", "plan_number", "decide"]
+__all__ = ["DigitPrediction", "NumberReading", "NumberPlan", "all_digits", "decide", "decide_all", "plan_number"]
 
 SEG_INK = 0.1  # ink-map level that makes a pixel part of a stroke for labelling (faint rims join later)
 SPECK_AREA = 0.04  # components smaller than this fraction of the largest one are specks...
@@ -158,6 +158,17 @@ def decide(plan: NumberPlan, predictions: list[Prediction]) -> NumberReading:
     text = "".join(str(d.label) if d.label >= 0 else "?" for d in chosen)  # "?": below min_confidence
     confidence = math.prod(d.confidence for d in chosen) if chosen else 0.0
     return NumberReading(text, float(confidence), tuple(chosen))
+
+
+def all_digits(plans: list[NumberPlan]) -> np.ndarray:
+    """The candidate digits of all the plans, in order, for one session.run: float32 [M, 28, 28]."""
+    return np.concatenate([plan.digits for plan in plans]) if plans else np.zeros((0, 28, 28), np.float32)
+
+
+def decide_all(plans: list[NumberPlan], predictions: list[Prediction]) -> list[NumberReading]:
+    """decide() for each plan, given the predictions of all_digits(plans), in the same order."""
+    offsets = np.cumsum([0] + [len(plan.digits) for plan in plans]).tolist()
+    return [decide(plan, predictions[offsets[i] : offsets[i + 1]]) for i, plan in enumerate(plans)]
 
 
 # -----------------------------------------------------------------------------
