@@ -112,6 +112,7 @@ def main(checkpoint, out, int8_out, int8_static_out, ort, opset, form, data_dir,
 
 def _draw_graphs(graph_file: Path, out: Path, int8_out: Path | None) -> None:
     from edge_infer.draw_graph import draw, summarize
+    from edge_infer.files import FileRefused
     from edge_infer.onnx_graph import read_model
 
     pictures = [(out, graph_file)]
@@ -122,4 +123,6 @@ def _draw_graphs(graph_file: Path, out: Path, int8_out: Path | None) -> None:
             draw(summarize(read_model(model.read_bytes())), picture)
         except OSError as error:
             _fail(f"cannot write the graph picture {picture}: {error.strerror or error}", code=1)
+        except FileRefused as error:  # e.g. a FIFO or a directory there: never written through
+            _fail(f"cannot write the graph picture {picture}: {error}", code=1)
         click.echo(f"graph: {picture}")
