@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import cache
@@ -347,11 +348,19 @@ def build_pool(
                 pick = np.random.default_rng([spec.seed, chunk, 9]).integers(len(mnist_images), size=count)
                 sources = (mnist_images[pick], mnist_labels[pick])
             tasks.append((kind, spec.seed, chunk, *sources, count))
+    return run_chunks(_make_chunk, tasks, workers)
+
+
+def run_chunks(
+    make: Callable[[tuple], tuple[np.ndarray, np.ndarray]], tasks: list[tuple], workers: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """make(task) for every task, in worker processes, concatenated in task order (so the result does not
+    depend on the worker count)."""
     if not tasks:
         return np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64)
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            parts = list(pool.map(_make_chunk, tasks))
+    if workers > 1 and len(tasks) > 1:
+        with ProcessPoolExecutor(min(workers, len(tasks))) as pool:
+            parts = list(pool.map(make, tasks))
     else:
-        parts = [_make_chunk(t) for t in tasks]
+        parts = [make(t) for t in tasks]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
