@@ -96,8 +96,10 @@ def main() -> None:
     if Path(args.run_dir, "checkpoint.pt").exists():
         sys.exit(f"error: {args.run_dir} already holds a run; remove it or pass another --run-dir")
     if not unipen_path(args.data_dir).is_file():  # the default recipe draws UNIPEN digits: say so before MNIST work
-        sys.exit(f"error: UNIPEN not found: expected {unipen_path(args.data_dir)}; point --data-dir at the folder "
-                 "holding MNIST and unipen/")
+        sys.exit(
+            f"error: UNIPEN not found: expected {unipen_path(args.data_dir)}; point --data-dir at the folder "
+            "holding MNIST and unipen/"
+        )
 
     fp32, int8 = (MODELS_DIR / BUNDLED[False]), (MODELS_DIR / BUNDLED[True])
     rel = lambda p: str(p.relative_to(Path.cwd())) if p.is_relative_to(Path.cwd()) else str(p)  # noqa: E731

@@ -142,14 +142,18 @@ def _widths(n: int, base: float, rng: np.random.Generator, pressure: bool) -> np
     return base * np.interp(np.linspace(0, len(knots) - 1, n), np.arange(len(knots)), knots)
 
 
-def render(strokes: list[np.ndarray], rng: np.random.Generator, style: str | None = None) -> np.ndarray:
+def render(
+    strokes: list[np.ndarray], rng: np.random.Generator, style: str | None = None, few_points: int | None = None
+) -> np.ndarray:
     """One UNIPEN digit (strokes, y down) drawn in a style (random if None, see RENDER_STYLES) on a grey page
-    (float, 1.0 = white); it still has to go through to_mnist, like any input of the runtime."""
+    (float, 1.0 = white); it still has to go through to_mnist, like any input of the runtime. `few_points`:
+    how many points the 'few-points' style keeps (random, 5-12, if None)."""
     if style is None:
         style = str(rng.choice(RENDER_STYLES, p=RENDER_WEIGHTS))
     strokes = _normalised(strokes, rng)
     if style == "few-points":  # pen lifts drawn as lines, then only a few samples kept: sharp corners
-        strokes = [_resample(np.concatenate(strokes), int(rng.choice([5, 6, 7, 8, 8, 8, 10, 12])))]
+        keep = few_points or int(rng.choice([5, 6, 7, 8, 8, 8, 10, 12]))
+        strokes = [_resample(np.concatenate(strokes), keep)]
     scale = 2  # drawn at twice the size and reduced: anti-aliased
     size = CANVAS * scale
     margin = rng.uniform(0.1, 0.28) * size
@@ -178,9 +182,7 @@ def render(strokes: list[np.ndarray], rng: np.random.Generator, style: str | Non
             r = max(0.6, widths[i] / 2)
             u, v = float(xy[i, 0]), float(xy[i, 1])
             if i + 1 < len(xy):
-                draw.line(
-                    [(u, v), (float(xy[i + 1, 0]), float(xy[i + 1, 1]))], fill=ink, width=max(1, round(2 * r))
-                )
+                draw.line([(u, v), (float(xy[i + 1, 0]), float(xy[i + 1, 1]))], fill=ink, width=max(1, round(2 * r)))
             draw.ellipse((u - r, v - r, u + r, v + r), fill=ink)  # round joints and ends
     page = 1.0 - np.asarray(img.resize((CANVAS, CANVAS), Image.Resampling.BOX), np.float32) / 255.0
     if style == "scan":  # binarised, sometimes cropped to the ink as digits cut from forms are
@@ -234,7 +236,13 @@ def build_unipen_pool(
         [np.tile(np.arange(len(unipen)), whole), np.random.default_rng([seed, 8]).permutation(len(unipen))[:rest]]
     ).astype(np.int64)
     tasks = [
-        (seed, chunk, [unipen.strokes[i] for i in pick[start : start + CHUNK]], unipen.labels[pick[start : start + CHUNK]], style)
+        (
+            seed,
+            chunk,
+            [unipen.strokes[i] for i in pick[start : start + CHUNK]],
+            unipen.labels[pick[start : start + CHUNK]],
+            style,
+        )
         for chunk, start in enumerate(range(0, len(pick), CHUNK))
     ]
     return run_chunks(_render_chunk, tasks, workers)
