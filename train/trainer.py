@@ -184,6 +184,13 @@ def with_synthetic(
     fitted on MNIST-like, synthetic and real pen digits alike. On fewer than all 60,000 MNIST training images,
     UNIPEN is scaled down alike. UNIPEN is read from data_dir (DataError if it is not there; ValueError
     without a data_dir)."""
+    unipen = None
+    if recipe.unipen > 0:  # read first: a missing file fails before minutes of drawing
+        from train.unipen import load_unipen
+
+        if data_dir is None:
+            raise ValueError("the recipe draws UNIPEN digits (unipen > 0) but no data directory was given")
+        unipen = load_unipen(data_dir)
     holdout = min(recipe.calibration_images, len(train) // 10)
     fit = train.head(len(train) - holdout)
     calibration = Split(train.images[len(fit) :], train.labels[len(fit) :]) if holdout else None
@@ -200,12 +207,9 @@ def with_synthetic(
                     calibration.images.numpy(), calibration.labels.numpy(), _pool_spec(len(calibration), seed + 1)
                 ),
             )
-    if recipe.unipen > 0:
-        from train.unipen import build_unipen_pool, load_unipen
+    if unipen is not None:
+        from train.unipen import build_unipen_pool
 
-        if data_dir is None:
-            raise ValueError("the recipe draws UNIPEN digits (unipen > 0) but no data directory was given")
-        unipen = load_unipen(data_dir)
         scale = min(1.0, len(train) / MNIST_TRAIN_SIZE)
         fit = _concat(fit, build_unipen_pool(unipen.role("train"), recipe.unipen * scale, seed))
         if calibration is not None:
