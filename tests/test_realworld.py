@@ -132,6 +132,10 @@ def test_missing_unipen_is_one_line_before_any_work(tmp_path, data_root):
     assert "--unipen 0" in lines[0] and not out.exists()
     ok = CliRunner().invoke(edge_train, [*args, "--unipen", "0", "--synthetic", "0", "--epochs", "1", "--quiet"])
     assert ok.exit_code == 0, ok.output  # without UNIPEN the same data trains
+    from train.trainer import load_checkpoint
+
+    recipe = load_checkpoint(out / "checkpoint.pt")["recipe"]
+    assert recipe["unipen"] == 0 and recipe["synthetic"] == 0  # the overrides are what the run records
 
 
 def test_default_recipe_draws_unipen_and_the_seed_preset_does_not():
