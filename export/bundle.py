@@ -42,15 +42,17 @@ CELL = "gru"
 THREADS = DEFAULT_THREADS
 
 
-def training_sources(recipe: dict, data_dir: str) -> list[dict]:
-    """What the bundled model was trained on, with licences and attributions (for its provenance)."""
+def training_sources(recipe: dict, data_dir: str, train_size: int) -> list[dict]:
+    """What the bundled model was trained on (recipe and MNIST training images of its checkpoint), with
+    licences and attributions, for its provenance."""
+    holdout = min(recipe["calibration_images"], train_size // 10)
     sources = [
         {
             "name": "MNIST",
             "licence": "CC BY-SA 3.0",
             "attribution": "Yann LeCun, Corinna Cortes, Christopher J. C. Burges: the MNIST database of "
             "handwritten digits (torchvision's mirror)",
-            "used": f"60,000 training images; the last {recipe['calibration_images']:,} held out for calibration",
+            "used": f"{train_size - holdout:,} training images; {holdout:,} more held out for calibration",
         }
     ]
     if recipe.get("synthetic", 0) > 0:
@@ -90,7 +92,9 @@ def _run(command: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Rebuild edge_infer/models/ from scratch.")
-    parser.add_argument("--data-dir", default="data", help="MNIST root (torchvision layout), as for edge-train")
+    parser.add_argument(
+        "--data-dir", default="data", help="MNIST root (torchvision layout) holding unipen/ too, as for edge-train"
+    )
     parser.add_argument("--run-dir", default="runs/bundled", help="where the training run goes")
     args = parser.parse_args()
     if Path(args.run_dir, "checkpoint.pt").exists():
@@ -153,7 +157,7 @@ def main() -> None:
             "threads": checkpoint["threads"],
             "recipe": checkpoint["recipe"],
         },
-        "training_data": training_sources(checkpoint["recipe"], args.data_dir),
+        "training_data": training_sources(checkpoint["recipe"], args.data_dir, checkpoint["train_size"]),
         "versions": {
             "python": platform.python_version(),
             "torch": version("torch"),
