@@ -2,6 +2,7 @@
 `edge_infer.Classifier` (decode + the runtime's preprocessing + the model), fp32 and int8.
 
     python benchmarks/realworld.py [--model X.onnx --int8-model Y.onnx] [--quick]
+    python benchmarks/realworld.py --ablation [--out bench-out]     # what each training source adds
 
 Sets (HELD_OUT: never used for training, nor for choosing the recipe or the bundled model):
   uci-writers      scikit-learn's bundled UCI handwritten digits (43 writers, 1,797 digits), 8x8 counts
@@ -17,15 +18,27 @@ Sets (HELD_OUT: never used for training, nor for choosing the recipe or the bund
                    crops, elastic): same generator as training, unseen digits
   styles           continental styles drawn as strokes (crossed 7, flagged 1, open 4, ...): same templates
                    as training, another seed
+  unipen-writers   the UNIPEN writers held out from training and calibration (train.unipen.writer_roles),
+                   each digit drawn twice, cycling through the training's pens, scans, photos and few-point
+                   tablets: real writers never trained on, drawn by the training's renderer    WRITERS HELD OUT
+  unipen-8-points  the same writers' digits as a tablet keeping 8 points per digit (pen lifts as lines,
+                   straight segments), one each                                               WRITERS HELD OUT
   mnist            the 10,000 MNIST test images, for reference
-Prints per set: accuracy, per-digit accuracy, the confusions that cost most, expected calibration error and
-the error left at 95 % coverage (the 5 % least confident answers withheld).
+Prints per set: accuracy, per-digit accuracy, the confusions that cost most, expected calibration error,
+the error left at 95 % coverage (the 5 % least confident answers withheld), and the share of images read
+wrong with confidence >= 0.9.
+
+--ablation trains four small models (ABLATION: GRU-64, the first 15,000 MNIST training images, seed 0, one
+thread, otherwise the default recipe) with MNIST only, + synthetic, + UNIPEN, + both, each for about the same
+number of training images seen, exports each (fp32) and scores them on the --quick sets; about 10 minutes on
+the 2-core machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -38,6 +51,8 @@ from edge_infer.classifier import Classifier, bundled_model_path
 from train.calibrate import ece, error_at_coverage
 
 HELD_OUT = ("uci-writers", "fonts", "tablet", "postal")
+WRITERS_HELD_OUT = ("unipen-writers", "unipen-8-points")  # real writers never trained on; the training's renderer
+CONFIDENT = 0.9
 SEED = 20261201
 
 
@@ -196,9 +211,27 @@ def _generated(kind: str, mnist_images: np.ndarray, mnist_labels: np.ndarray, co
     return out
 
 
+def unipen_writers(data_dir: Path, count: int | None, eight_points: bool = False) -> list[tuple[bytes, int]]:
+    """The held-out UNIPEN writers' digits (the first `count` of a seeded shuffle, all if None), drawn twice
+    each cycling through the training's styles, or once each as an 8-point tablet."""
+    from train.unipen import RENDER_STYLES, load_unipen, render
+
+    held = load_unipen(data_dir).role("held-out")
+    order = np.random.default_rng(SEED + 4).permutation(len(held))[:count]
+    rng = np.random.default_rng(SEED + (5 if eight_points else 6))
+    out = []
+    for k, i in enumerate(order):
+        for copy in range(1 if eight_points else 2):
+            style = "few-points" if eight_points else RENDER_STYLES[(2 * k + copy) % len(RENDER_STYLES)]
+            page = render(held.strokes[i], rng, style, few_points=8 if eight_points else None)
+            out.append((_png(_page(page)), int(held.labels[i])))
+    return out
+
+
 def build_sets(
-    mnist_images: np.ndarray, mnist_labels: np.ndarray, quick: bool = False
+    mnist_images: np.ndarray, mnist_labels: np.ndarray, quick: bool = False, data_dir: Path | None = None
 ) -> dict[str, list[tuple[bytes, int]]]:
+    """The sets above (the UNIPEN ones only when data_dir is given)."""
     n = 300 if quick else 2000
     sets = {
         "uci-writers": uci_writers(),
@@ -208,6 +241,9 @@ def build_sets(
         "scans": _generated("scans", mnist_images, mnist_labels, n),
         "styles": _generated("styles", mnist_images, mnist_labels, n // 2),
     }
+    if data_dir is not None:
+        sets["unipen-writers"] = unipen_writers(data_dir, 150 if quick else None)
+        sets["unipen-8-points"] = unipen_writers(data_dir, 300 if quick else None, eight_points=True)
     if quick:
         sets["uci-writers"] = sets["uci-writers"][:400]
     return sets
@@ -239,6 +275,7 @@ def score(classifier: Classifier, items: list[tuple[bytes, int]] | tuple[np.ndar
         "ece": ece(confidence, correct),
         "error": float(1 - correct.mean()),
         "error95": error_at_coverage(confidence, correct),
+        "confident_wrong": float(np.mean(~correct & (confidence >= CONFIDENT))),
     }
 
 
@@ -252,7 +289,7 @@ def evaluate(models: dict[str, Classifier], sets: dict) -> dict[str, dict[str, d
 def report(results: dict[str, dict[str, dict]]) -> str:
     rows, digit_rows = [], []
     for name, by_precision in results.items():
-        held = "yes" if name in HELD_OUT else "no"
+        held = "yes" if name in HELD_OUT else "writers" if name in WRITERS_HELD_OUT else "no"
         fp32 = by_precision["fp32"]
         int8 = by_precision.get("int8")
         confusions = ", ".join(f"{t}→{p} ×{n}" for (t, p), n in fp32["confusions"])
@@ -265,6 +302,7 @@ def report(results: dict[str, dict[str, dict]]) -> str:
                 f"{int8['accuracy']:.2%}" if int8 else "–",
                 f"{fp32['ece']:.2%}",
                 f"{fp32['error']:.2%} → {fp32['error95']:.2%}",
+                f"{fp32['confident_wrong']:.2%}",
                 confusions or "–",
             ]
         )
@@ -278,6 +316,7 @@ def report(results: dict[str, dict[str, dict]]) -> str:
             "int8",
             "ECE (fp32)",
             "error → at 95 % coverage",
+            f"wrong at ≥ {CONFIDENT:g}",
             "costliest confusions (true→read)",
         ],
         rows,
@@ -286,20 +325,92 @@ def report(results: dict[str, dict[str, dict]]) -> str:
     return section("Real-world accuracy", main, "Per digit (fp32):", digits)
 
 
+# -----------------------------------------------------------------------------------------------------------
+# the ablation: what each training source adds
+
+ABLATION = ["--cell", "gru", "--hidden", "64", "--limit-train", "15000", "--seed", "0", "--threads", "1"]
+
+
+def ablation_variants() -> dict[str, dict[str, float]]:
+    """Each variant's sources, and epochs that make every variant see about 140,000 training images (its
+    training set is 13,500 MNIST images, plus 13,500 synthetic, plus 8,186 UNIPEN renderings): more data must
+    not win merely by more optimiser steps."""
+    from train.trainer import preset_recipe
+
+    default = preset_recipe("default", "gru")
+    return {
+        "MNIST only": {"synthetic": 0.0, "unipen": 0.0, "epochs": 10},
+        "+ synthetic": {"synthetic": default.synthetic, "unipen": 0.0, "epochs": 5},
+        "+ UNIPEN": {"synthetic": 0.0, "unipen": default.unipen, "epochs": 6},
+        "+ both (the default recipe)": {"synthetic": default.synthetic, "unipen": default.unipen, "epochs": 4},
+    }
+
+
+def ablation_commands(data_dir: Path, run: Path, sources: dict[str, float]) -> list[list[str]]:
+    """The edge-train and edge-export commands of one variant, as a user would type them."""
+    train = ["edge-train", *ABLATION, "--epochs", f"{sources['epochs']:g}"]
+    train += ["--synthetic", f"{sources['synthetic']:g}", "--unipen", f"{sources['unipen']:g}"]
+    return [
+        [*train, "--data-dir", str(data_dir), "--out", str(run), "--quiet"],
+        ["edge-export", str(run / "checkpoint.pt"), "--out", str(run / "model.onnx"), "--data-dir", str(data_dir)],
+    ]
+
+
+def ablation(data_dir: Path, out: Path, sets: dict) -> str:
+    """Train and export each variant into OUT/ablation-N (reused when its commands are unchanged), score it."""
+    rows = []
+    for k, (name, sources) in enumerate(ablation_variants().items()):
+        run = out / f"ablation-{k}"
+        commands = ablation_commands(data_dir, run, sources)
+        record = run / "commands.txt"
+        text = "\n".join(" ".join(c) for c in commands) + "\n"
+        if not (record.is_file() and record.read_text() == text and (run / "model.onnx").is_file()):
+            if run.exists():
+                import shutil
+
+                shutil.rmtree(run)
+            for command in commands:
+                module = {"edge-train": "train", "edge-export": "export"}[command[0]]
+                print("$", " ".join(command), file=sys.stderr, flush=True)
+                subprocess.run([sys.executable, "-m", module, *command[1:]], check=True, stdout=subprocess.DEVNULL)
+            record.write_text(text)
+        results = evaluate({"fp32": Classifier(run / "model.onnx")}, sets)
+        rows.append(
+            [name]
+            + [f"{results[s]['fp32']['accuracy']:.1%}" for s in sets]
+            + [f"{max(r['fp32']['ece'] for r in results.values()):.1%}"]
+            + [f"{max(r['fp32']['confident_wrong'] for r in results.values()):.1%}"]
+        )
+    command = " ".join(ablation_commands(Path("DATA"), Path("RUN"), list(ablation_variants().values())[-1])[0])
+    return section(
+        "Ablation: what each training source adds",
+        f"Each row: `{command}` with its own --epochs/--synthetic/--unipen (about 140,000 training images seen "
+        "each), exported (fp32) and scored on the --quick sets.",
+        table(["training data"] + list(sets) + ["worst ECE", "worst wrong at ≥ 0.9"], rows),
+    )
+
+
 def main() -> None:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--model", type=Path, default=bundled_model_path(False), help="fp32 .onnx (default: bundled)")
     parser.add_argument(
         "--int8-model", type=Path, default=bundled_model_path(True), help="int8 .onnx (default: bundled)"
     )
+    parser.add_argument("--ablation", action="store_true", help="train and score the four-source ablation instead")
     args = parser.parse_args()
-    header = machine_header("edge-infer real-world accuracy", args.quick)
+    quick = args.quick or args.ablation
+    header = machine_header("edge-infer real-world accuracy", quick)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from conftest import read_idx
 
     images, labels = read_idx(args.data_dir / "MNIST" / "raw", "t10k")
     print("building the sets ...", file=sys.stderr, flush=True)
-    sets: dict = {**build_sets(images, labels, args.quick), "mnist": (images, labels)}
+    sets: dict = {**build_sets(images, labels, quick, args.data_dir), "mnist": (images, labels)}
+    if args.ablation:
+        body = ablation(args.data_dir, args.out, sets)
+        print(header)
+        print(body)
+        return
     models = {"fp32": Classifier(args.model), "int8": Classifier(args.int8_model)}
     print("classifying ...", file=sys.stderr, flush=True)
     print(header)

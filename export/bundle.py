@@ -4,7 +4,8 @@
 
 runs edge-train (default recipe, GRU-128) and edge-export exactly as recorded in edge_infer/models/provenance.json,
 which also records each model's MNIST test accuracy, size and sha256 (the runtime checks the sha256), the
-training run's outcome and the versions used.
+training run's outcome and recipe, the training data with their licences and attributions (MNIST and UNIPEN
+from --data-dir, which must hold MNIST and unipen/unipen-1a-digits.npz), and the versions used.
 
 provenance.json holds only what the rebuild determines, so that rebuilding from unchanged code and versions
 (seeded, deterministic CPU training) leaves the committed tree unchanged: how long training took depends on
@@ -31,6 +32,7 @@ from export.int8_exact import cpu_kind
 from train import DEFAULT_THREADS
 from train.files import atomic_write
 from train.trainer import load_checkpoint
+from train.unipen import ATTRIBUTION, unipen_path, writer_roles
 
 SEED = 0
 # The bundled cell is chosen by real-world accuracy (benchmarks/realworld.py): a GRU-128 with the default
@@ -42,6 +44,47 @@ CELL = "gru"
 THREADS = DEFAULT_THREADS
 
 
+def training_sources(recipe: dict, data_dir: str, train_size: int) -> list[dict]:
+    """What the bundled model was trained on (recipe and MNIST training images of its checkpoint), with
+    licences and attributions, for its provenance."""
+    holdout = min(recipe["calibration_images"], train_size // 10)
+    sources = [
+        {
+            "name": "MNIST",
+            "licence": "CC BY-SA 3.0",
+            "attribution": "Yann LeCun, Corinna Cortes, Christopher J. C. Burges: the MNIST database of "
+            "handwritten digits (torchvision's mirror)",
+            "used": f"{train_size - holdout:,} training images; {holdout:,} more held out for calibration",
+        }
+    ]
+    if recipe.get("synthetic", 0) > 0:
+        sources.append(
+            {
+                "name": "synthetic digits (train/synth.py)",
+                "licence": "this project's own; printed digits drawn with matplotlib's STIX (SIL OFL 1.1) and "
+                "Computer Modern (BaKoMa fonts licence) fonts",
+                "used": f"{recipe['synthetic']:g} per MNIST training image: degraded MNIST, pen-stroke templates "
+                "(continental styles), printed",
+            }
+        )
+    if recipe.get("unipen", 0) > 0:
+        import numpy as np
+
+        roles = writer_roles(np.load(unipen_path(data_dir))["writer"])
+        count = {role: sum(1 for r in roles.values() if r == role) for role in ("train", "calibration", "held-out")}
+        sources.append(
+            {
+                "name": "UNIPEN 1a isolated digits (train_r01_v07)",
+                "licence": "CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/)",
+                "attribution": ATTRIBUTION,
+                "used": f"pen trajectories of {count['train']} writers, each digit rendered {recipe['unipen']:g} "
+                f"times (train/unipen.py); {count['calibration']} writers for calibration only, "
+                f"{count['held-out']} writers held out (never trained on)",
+            }
+        )
+    return sources
+
+
 def _run(command: list[str]) -> None:
     """Run a console-script command (edge-train ...) as `python -m <package>` of this interpreter."""
     module = {"edge-train": "train", "edge-export": "export"}[command[0]]
@@ -51,11 +94,18 @@ def _run(command: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Rebuild edge_infer/models/ from scratch.")
-    parser.add_argument("--data-dir", default="data", help="MNIST root (torchvision layout), as for edge-train")
+    parser.add_argument(
+        "--data-dir", default="data", help="MNIST root (torchvision layout) holding unipen/ too, as for edge-train"
+    )
     parser.add_argument("--run-dir", default="runs/bundled", help="where the training run goes")
     args = parser.parse_args()
     if Path(args.run_dir, "checkpoint.pt").exists():
         sys.exit(f"error: {args.run_dir} already holds a run; remove it or pass another --run-dir")
+    if not unipen_path(args.data_dir).is_file():  # the default recipe draws UNIPEN digits: say so before MNIST work
+        sys.exit(
+            f"error: UNIPEN not found: expected {unipen_path(args.data_dir)}; point --data-dir at the folder "
+            "holding MNIST and unipen/"
+        )
 
     fp32, int8 = (MODELS_DIR / BUNDLED[False]), (MODELS_DIR / BUNDLED[True])
     rel = lambda p: str(p.relative_to(Path.cwd())) if p.is_relative_to(Path.cwd()) else str(p)  # noqa: E731
@@ -88,6 +138,7 @@ def main() -> None:
         _run(command)
 
     history = json.loads(Path(args.run_dir, "history.json").read_text())
+    checkpoint = load_checkpoint(Path(args.run_dir, "checkpoint.pt"))
     models = {}
     for path in (fp32, int8):
         blob = path.read_bytes()
@@ -105,9 +156,11 @@ def main() -> None:
             "epochs": len(history),
             "test_acc": history[-1]["test_acc"],
             "seed": SEED,
-            "threads": load_checkpoint(Path(args.run_dir, "checkpoint.pt"))["threads"],
+            "threads": checkpoint["threads"],
+            "recipe": checkpoint["recipe"],
             "cpu": cpu_kind(),  # the instruction sets the weights were trained and checked with
         },
+        "training_data": training_sources(checkpoint["recipe"], args.data_dir, checkpoint["train_size"]),
         "versions": {
             "python": platform.python_version(),
             "torch": version("torch"),

@@ -116,7 +116,7 @@ def train_small(
     train, test = mnist
     subset = train.head(images)
     # the synthetic pool and calibration are tested on their own (test_realworld.py); here they'd only cost time
-    recipe = replace(PRESETS["default"], epochs=epochs, augment=False, synthetic=0.0, calibration_images=0)
+    recipe = replace(PRESETS["default"], epochs=epochs, augment=False, synthetic=0.0, calibration_images=0, unipen=0.0)
     trainer = Trainer(run_dir, ModelConfig(cell, hidden, layers), recipe, subset, test, seed=seed, progress_bar=False)
     trainer.fit()
     return trainer

@@ -267,7 +267,7 @@ def mid_run_checkpoint(tmp_path_factory, mnist) -> Path:
     trainer = Trainer(
         out,
         ModelConfig("rnn", 8, 1),
-        replace(PRESETS["default"], epochs=2),
+        replace(PRESETS["default"], epochs=2, unipen=0.0),
         mnist[0].head(600),
         mnist[1],
         progress_bar=False,
@@ -562,7 +562,7 @@ def test_same_seed_and_threads_give_byte_identical_weights(tmp_path, mnist):
         trainer = Trainer(
             tmp_path / name,
             ModelConfig("rnn", 16, 1),
-            replace(PRESETS["default"], epochs=1),
+            replace(PRESETS["default"], epochs=1, unipen=0.0),
             mnist[0].head(1500),
             mnist[1],
             seed=5,

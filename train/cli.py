@@ -30,7 +30,8 @@ def _fail(message: str, code: int = 2) -> None:
     default="default",
     show_default=True,
     help="Training recipe: 'seed' is the reference notebook exactly; 'default' is fast on a CPU and trained for "
-    "real-world digits (synthetic pool, calibration; gru/lstm: a higher learning rate and 12 epochs).",
+    "real-world digits (synthetic pool, UNIPEN pen data, calibration; gru/lstm: a higher learning rate and 12 "
+    "epochs).",
 )
 @click.option("--cell", type=click.Choice(CELLS), default="rnn", show_default=True)
 @click.option("--hidden", type=click.IntRange(1), default=128, show_default=True)
@@ -42,12 +43,25 @@ def _fail(message: str, code: int = 2) -> None:
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Override the recipe's batch size.")
 @click.option("--augment/--no-augment", default=None, help="Override the recipe's augmentation.")
 @click.option(
+    "--synthetic",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Override the recipe's synthetic digits per MNIST training image (0: none).",
+)
+@click.option(
+    "--unipen",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Override the recipe's renderings per UNIPEN training digit (0: no UNIPEN; it is read from "
+    "DATA_DIR/unipen/unipen-1a-digits.npz).",
+)
+@click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Where MNIST lives: the folder holding its four IDX files, or one above it (DIR/raw/, "
-    "DIR/MNIST/raw/); downloaded into DIR/MNIST/raw/ if missing. Default ./data; with --resume, "
-    "the run's own.",
+    "DIR/MNIST/raw/); downloaded into DIR/MNIST/raw/ if missing. UNIPEN is read from DIR/unipen/ (never "
+    "downloaded). Default ./data; with --resume, the run's own.",
 )
 @click.option("--no-download", is_flag=True, help="Never download MNIST; fail if it is missing.")
 @click.option(
@@ -97,6 +111,8 @@ def _main(
     lr,
     batch_size,
     augment,
+    synthetic,
+    unipen,
     data_dir,
     no_download,
     out_dir,
@@ -167,7 +183,14 @@ def _main(
             )
         else:
             recipe = preset_recipe(preset, cell)
-            overrides = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "augment": augment}
+            overrides = {
+                "epochs": epochs,
+                "lr": lr,
+                "batch_size": batch_size,
+                "augment": augment,
+                "synthetic": synthetic,
+                "unipen": unipen,
+            }
             recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
             trainer = Trainer(
                 out_dir,
@@ -182,7 +205,7 @@ def _main(
                 threads=threads or DEFAULT_THREADS,
                 data_dir=data_dir,
             )
-    except ValueError as error:
+    except (ValueError, DataError) as error:
         _fail(str(error))
     if resume and epochs is not None:
         if trainer.recipe.one_cycle and epochs != trainer.recipe.epochs:

@@ -43,7 +43,7 @@ def model_summary(model: nn.Module) -> str:
     return "\n".join(lines) + "\n"
 
 
-OFF_WHEN_ZERO = frozenset({"weight_decay", "synthetic", "calibration_images"})  # 0 means the option is off
+OFF_WHEN_ZERO = frozenset({"weight_decay", "synthetic", "calibration_images", "unipen"})  # 0 means the option is off
 
 
 def recipe_text(recipe, cell: str) -> str:

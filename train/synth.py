@@ -7,8 +7,8 @@ Three sources, each a pure function of (inputs, numpy Generator):
                      distortion (Simard et al. 2003), slant, stroke width changed strongly either way,
                      random breaks, binarised or box-filling like a scanned form, dark ink on paper
   stroke_digit(d)    a digit drawn as pen strokes from style templates, including the continental styles
-                     MNIST barely has (crossed 7, 7 with a hook, 1 with a flag and a foot, open 4, straight-tailed
-                     9), smooth or as a few straight segments, round pens thin to very thick
+                     MNIST barely has (crossed 7, 7 with a hook, 1 with a flag and a foot, open 4, straight- or
+                     hook-tailed 9), smooth or as a few straight segments, round pens thin to very thick
   printed_digit(d)   a digit rendered in one of matplotlib's STIX / Computer Modern fonts (not the DejaVu fonts
                      the tests use), slanted, bold or light
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import cache
@@ -182,6 +183,7 @@ STYLES: dict[int, list[list[list[tuple]]]] = {
         [[(0.0, 0.2), (0.05, 0.0), (1.0, 0.0), (0.4, 1.0)]],  # hook at the top-left
         [[(0.0, 0.2), (0.05, 0.0), (1.0, 0.0), (0.4, 1.0)], [(0.4, 0.5), (0.95, 0.5)]],
         [[(0.0, 0.05), (0.95, 0.0), (0.6, 0.5), (0.5, 1.0)]],
+        [[(0.05, 0.0), (1.0, 0.0), (0.65, 0.45), (0.55, 1.0)], [(0.3, 0.5), (0.95, 0.45)]],  # crossed, bent stem
     ],
     8: [
         [_arc(0.5, 0.25, 0.3, 0.25, 90, 450, 14) + _arc(0.5, 0.73, 0.38, 0.27, -90, 270, 14)],
@@ -191,8 +193,9 @@ STYLES: dict[int, list[list[list[tuple]]]] = {
         [_arc(0.5, 0.28, 0.4, 0.28, 0, 360, 14) + [(0.9, 0.28), (0.8, 1.0)]],
         [_arc(0.5, 0.28, 0.4, 0.28, 0, 360, 14) + [(0.9, 0.28), (0.9, 1.0)]],  # straight tail
         [_arc(0.5, 0.28, 0.4, 0.28, 0, 360, 14) + [(0.9, 0.3), (0.85, 0.85), (0.6, 1.0), (0.35, 0.9)]],  # curled
-        [_arc(0.45, 0.3, 0.38, 0.3, 10, 360, 14) + [(0.83, 0.35), (0.4, 1.0)]],
-    ],  # slanted tail
+        [_arc(0.45, 0.3, 0.38, 0.3, 10, 360, 14) + [(0.83, 0.35), (0.4, 1.0)]],  # slanted tail
+        [_arc(0.5, 0.25, 0.38, 0.25, 0, 360, 14) + [(0.88, 0.25), (0.88, 0.9), (0.75, 1.0), (0.55, 0.97)]],
+    ],  # hooked tail (continental)
 }
 
 
@@ -347,11 +350,19 @@ def build_pool(
                 pick = np.random.default_rng([spec.seed, chunk, 9]).integers(len(mnist_images), size=count)
                 sources = (mnist_images[pick], mnist_labels[pick])
             tasks.append((kind, spec.seed, chunk, *sources, count))
+    return run_chunks(_make_chunk, tasks, workers)
+
+
+def run_chunks(
+    make: Callable[[tuple], tuple[np.ndarray, np.ndarray]], tasks: list[tuple], workers: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """make(task) for every task, in worker processes, concatenated in task order (so the result does not
+    depend on the worker count)."""
     if not tasks:
         return np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64)
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            parts = list(pool.map(_make_chunk, tasks))
+    if workers > 1 and len(tasks) > 1:
+        with ProcessPoolExecutor(min(workers, len(tasks))) as pool:
+            parts = list(pool.map(make, tasks))
     else:
-        parts = [_make_chunk(t) for t in tasks]
+        parts = [make(t) for t in tasks]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

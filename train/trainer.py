@@ -46,6 +46,7 @@ RESUME_KEYS = (
     "scheduler",
     "progress",
 )
+MNIST_TRAIN_SIZE = 60_000  # the size the recipe's UNIPEN share is given for
 HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
 
 
@@ -63,6 +64,8 @@ class Recipe:
     ema_decay: float | None = None  # evaluate and export an exponential moving average of the weights
     synthetic: float = 0.0  # real-world-like digits (train.synth) added per MNIST training image
     calibration_images: int = 0  # MNIST training images held out (with synthetic twins) to fit a temperature
+    unipen: float = 0.0  # renderings of each training writer's UNIPEN digit (train.unipen; needs the data dir),
+    # for all 60,000 MNIST training images; fewer (--limit-train) scale it down alike, keeping the sources' mix
 
 
 PRESETS: dict[str, Recipe] = {
@@ -74,6 +77,8 @@ PRESETS: dict[str, Recipe] = {
     # For the real world (writers, pens and scanners MNIST lacks), one synthetic digit per MNIST image
     # (degraded MNIST, pen-stroke templates, printed; train.synth) with online shifts and rotations on top,
     # and a temperature fitted on held-out images so that confidences mean what they say.
+    # Real pen data from 183 writers (UNIPEN; 131 writers trained on, the rest held out), each digit drawn
+    # four times with random pens, scanners, cameras or a few-point tablet (train.unipen): real styles MNIST lacks.
     "default": Recipe(
         optimizer="adamw",
         lr=2e-3,
@@ -87,6 +92,7 @@ PRESETS: dict[str, Recipe] = {
         augment=True,
         synthetic=1.0,
         calibration_images=5000,
+        unipen=4.0,
     ),
 }
 # Gated cells (gru, lstm) take a higher peak learning rate and more epochs.
@@ -168,10 +174,23 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out.squeeze(1)
 
 
-def with_synthetic(train: Split, recipe: Recipe, seed: int) -> tuple[Split, Split | None]:
+def with_synthetic(
+    train: Split, recipe: Recipe, seed: int, data_dir: str | Path | None = None
+) -> tuple[Split, Split | None]:
     """(what to train on, what to calibrate on). The last `calibration_images` MNIST images are held out;
     the rest get recipe.synthetic real-world-like twins each (train.synth), and the held-out ones a
-    synthetic twin each, so the temperature is fitted on MNIST-like and real-world-like digits alike."""
+    synthetic twin each; recipe.unipen renderings of each UNIPEN training writer's digits are added
+    (train.unipen), and the calibration writers' digits drawn twice go to calibration: the temperature is
+    fitted on MNIST-like, synthetic and real pen digits alike. On fewer than all 60,000 MNIST training images,
+    UNIPEN is scaled down alike. UNIPEN is read from data_dir (DataError if it is not there; ValueError
+    without a data_dir)."""
+    unipen = None
+    if recipe.unipen > 0:  # read first: a missing file fails before minutes of drawing
+        from train.unipen import load_unipen
+
+        if data_dir is None:
+            raise ValueError("the recipe draws UNIPEN digits (unipen > 0) but no data directory was given")
+        unipen = load_unipen(data_dir)
     holdout = min(recipe.calibration_images, len(train) // 10)
     fit = train.head(len(train) - holdout)
     calibration = Split(train.images[len(fit) :], train.labels[len(fit) :]) if holdout else None
@@ -188,6 +207,13 @@ def with_synthetic(train: Split, recipe: Recipe, seed: int) -> tuple[Split, Spli
                     calibration.images.numpy(), calibration.labels.numpy(), _pool_spec(len(calibration), seed + 1)
                 ),
             )
+    if unipen is not None:
+        from train.unipen import build_unipen_pool
+
+        scale = min(1.0, len(train) / MNIST_TRAIN_SIZE)
+        fit = _concat(fit, build_unipen_pool(unipen.role("train"), recipe.unipen * scale, seed))
+        if calibration is not None:
+            calibration = _concat(calibration, build_unipen_pool(unipen.role("calibration"), 2.0 * scale, seed + 1))
     return fit, calibration
 
 
@@ -274,7 +300,7 @@ class Trainer:
         self.log = log or (lambda line: None)
         self.progress_bar = progress_bar
         self.mnist_size = len(train)
-        self.train_split, self.calibration_split = with_synthetic(train, recipe, seed)
+        self.train_split, self.calibration_split = with_synthetic(train, recipe, seed, data_dir)
         self.calibration: dict = {}
         self.steps_per_epoch = math.ceil(len(self.train_split) / recipe.batch_size)
         torch.manual_seed(seed)
