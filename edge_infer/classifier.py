@@ -330,42 +330,60 @@ class Classifier:
         predictions = iter(self.classify(np.stack(digits)) if digits else [])
         return [next(predictions) if failure is None else failure for failure in failures]
 
-    def read_number(self, image: ImageInput) -> NumberReading:
-        """Read all the digits of one line of digits (a number) in one image; see edge_infer.number."""
-        reading = self.read_numbers([image])[0]
+    def read_number(self, image: ImageInput, digits: int | None = None) -> NumberReading:
+        """Read all the digits of one line of digits (a number) in one image; see edge_infer.number.
+        digits: how many digits the number has, when the caller knows (a form's field): the segmentation
+        that gives that many is preferred."""
+        reading = self.read_numbers([image], digits=digits)[0]
         assert not isinstance(reading, Exception)  # errors="raise"
         return reading
 
     def read_numbers(
-        self, images: Sequence[ImageInput] | Iterable[ImageInput], errors: str = "raise"
+        self, images: Sequence[ImageInput] | Iterable[ImageInput], errors: str = "raise", digits: int | None = None
     ) -> list[NumberReading | ImageError]:
-        """read_number for many images, all their candidate digits in one session.run. errors="raise" raises
-        ImageError on the first unreadable image; errors="return" puts the ImageError in its place instead
-        (as predict_many does)."""
-        from edge_infer.number import decide, plan_number  # the number reader loads only when used
+        """read_number for many images, their candidate digits in one session.run per CLASSIFY_BATCH of them
+        (so memory stays bounded whatever the images). errors="raise" raises ImageError on the first
+        unreadable image; errors="return" puts the ImageError in its place instead (as predict_many does)."""
+        from edge_infer.number import CLASSIFY_BATCH, decide, plan_number  # the number reader loads only when used
 
         if errors not in ("raise", "return"):
             raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
-        plans: list[NumberPlan | ImageError] = []
+        if digits is not None and not 1 <= digits <= 100:
+            raise ValueError(f"digits must lie in [1, 100], not {digits}")
+        results: list[NumberReading | ImageError | None] = []
+        waiting: list[tuple[int, NumberPlan]] = []  # planned, not yet classified: (index in results, plan)
+        candidates = 0  # their candidate digits
+
+        def classify_waiting() -> None:
+            counts = [len(plan.digits) for _, plan in waiting]
+            predictions = self.classify(np.concatenate([plan.digits for _, plan in waiting])) if sum(counts) else []
+            offsets = np.cumsum([0] + counts).tolist()
+            for k, (slot, plan) in enumerate(waiting):
+                results[slot] = decide(plan, predictions[offsets[k] : offsets[k + 1]], digits)
+            waiting.clear()
+
         for image in images:
             try:
-                plans.append(plan_number(image))
+                plan = plan_number(image)
             except Exception as error:  # with "return", even a decoder bug must not lose the other images
                 if errors == "raise":
                     raise
-                plans.append(
+                results.append(
                     error
                     if isinstance(error, ImageError)
                     else ImageError(
                         f"unexpected {type(error).__name__} while reading the image: {_first_line(error)[:200]}"
                     )
                 )
-        good = [plan for plan in plans if not isinstance(plan, Exception)]
-        counts = [len(plan.digits) for plan in good]
-        predictions = self.classify(np.concatenate([plan.digits for plan in good])) if sum(counts) else []
-        offsets = np.cumsum([0] + counts).tolist()
-        readings = iter([decide(plan, predictions[offsets[i] : offsets[i + 1]]) for i, plan in enumerate(good)])
-        return [plan if isinstance(plan, Exception) else next(readings) for plan in plans]
+                continue
+            waiting.append((len(results), plan))
+            results.append(None)
+            candidates += len(plan.digits)
+            if candidates >= CLASSIFY_BATCH:
+                classify_waiting()
+                candidates = 0
+        classify_waiting()
+        return cast("list[NumberReading | ImageError]", results)
 
 
 def _first_line(error: BaseException) -> str:

@@ -31,7 +31,16 @@ import numpy as np
 from PIL import Image
 
 from edge_infer.classifier import Prediction
-from edge_infer.preprocess import WORK_SIZE, ImageInput, _box_sum3, ink_map, ink_to_mnist, load_image, to_grey
+from edge_infer.preprocess import (
+    WORK_SIZE,
+    ImageError,
+    ImageInput,
+    _box_sum3,
+    ink_map,
+    ink_to_mnist,
+    load_image,
+    to_grey,
+)
 
 __all__ = ["DigitPrediction", "NumberReading", "NumberPlan", "plan_number", "decide"]
 
@@ -50,6 +59,13 @@ WIDE_ASPECT = 1.0  # a candidate digit wider than this x its height is likely tw
 WIDE_COST = 4.0  # ... and costs this much log-score per unit of aspect beyond it
 CUT_COST = 1.5  # log-score cost of a cut per stroke width of ink it crosses
 SPLIT_COST = 0.0  # and of any cut at all (a confident single digit stays whole)
+SEG_SHARPNESS = 1.0  # a blob's count certainty: softmax of this x the best score of each digit count
+DROP_COST = 6.0  # with a known digit count: log-score cost of reading a blob as no digit (a stray mark)
+# Limits (README: Security and limits): an image past one is an ImageError for that image alone, so that a
+# dot grid or salt noise costs milliseconds rather than minutes and a page of "combs" no memory spike.
+MAX_MARKS = 300  # separate marks (components, specks excluded) per image: no line of digits has this many
+MAX_CANDIDATES = 400  # candidate digits per image (a blob gives at most ~27; 15 wide blobs of touching digits)
+CLASSIFY_BATCH = 1024  # read_numbers classifies (and frees) the candidates of this many digits at a time
 
 
 @dataclass(frozen=True)
@@ -63,8 +79,11 @@ class DigitPrediction(Prediction):
 @dataclass(frozen=True)
 class NumberReading:
     text: str  # the digits left to right, e.g. "40713" ("?" for a digit below min_confidence); "" when no ink
-    confidence: float  # the PRODUCT of the digits' confidences (0.0 when there are none)
+    confidence: float  # the digits' confidences and the segmentation's certainty, multiplied (0.0: no digits)
     digits: tuple[DigitPrediction, ...] = ()
+    inputs: np.ndarray = field(  # float32 [len(digits), 28, 28]: what the model saw of each digit
+        default_factory=lambda: np.zeros((0, 28, 28), np.float32), compare=False, repr=False
+    )
 
 
 @dataclass
@@ -94,6 +113,10 @@ def plan_number(image: ImageInput) -> NumberPlan:
     keep = _not_specks(boxes)
     if not keep:
         return plan
+    if len(keep) > MAX_MARKS:
+        raise ImageError(
+            f"too many separate marks for one line of digits ({len(keep):,}; the limit is {MAX_MARKS}): is it a number?"
+        )
     digits: list[np.ndarray] = []
     for group in _blobs([boxes[i] for i in keep]):
         ids = [keep[i] + 1 for i in group]
@@ -109,6 +132,10 @@ def plan_number(image: ImageInput) -> NumberPlan:
         member = (_box_sum3(_box_sum3(own) > 0) > 0) & ~((window > 0) & ~own)
         blob_ink = np.where(member, ink[y0:y1, x0:x1], 0.0).astype(np.float32)
         spans = _split_candidates(blob_ink, own)
+        if len(digits) + len(spans) > MAX_CANDIDATES:
+            raise ImageError(
+                f"too many candidate digits for one line of digits (over {MAX_CANDIDATES}): is it a number?"
+            )
         table: dict[tuple[int, int], tuple[int, float]] = {}
         for (start, end), (part, extra) in spans.items():
             rows, cols = np.flatnonzero(part.any(1)), np.flatnonzero(part.any(0))
@@ -128,36 +155,81 @@ def plan_number(image: ImageInput) -> NumberPlan:
     return plan
 
 
-def decide(plan: NumberPlan, predictions: list[Prediction]) -> NumberReading:
-    """Pick, per blob, the split whose candidate digits the classifier reads best; return the reading."""
+def decide(plan: NumberPlan, predictions: list[Prediction], digits: int | None = None) -> NumberReading:
+    """Pick, per blob, the split whose candidate digits the classifier reads best; return the reading.
+
+    digits: the number's known length; then the splits are chosen together so that the blobs give that
+    many digits (a blob may give none, at DROP_COST: a stray mark), when some choice does.
+    The reading's confidence is the product of the digits' confidences and, per blob, of how sure the
+    segmentation is of its digit count (a softmax over the best score for each count)."""
+    per_blob = [_best_splits(table, pieces, predictions) for pieces, table in plan.blobs]
+    counts = [max(options, key=lambda k: options[k][0]) if options else 0 for options in per_blob]
+    if digits is not None:
+        counts = _counts_for(per_blob, digits) or counts
     chosen: list[DigitPrediction] = []
-    for pieces, table in plan.blobs:
-        # best[j]: the best score of reading pieces [0, j) as digits; back[j]: where its last digit starts
-        best = [0.0] + [-math.inf] * pieces
-        back = [0] * (pieces + 1)
-        for end in range(1, pieces + 1):
-            for start in range(end):
-                entry = table.get((start, end))  # (only spans of <= MAX_SPAN pieces, and the whole blob)
-                if entry is None or best[start] == -math.inf:
-                    continue
-                index, extra = entry
-                score = best[start] + math.log(max(predictions[index].confidence, 1e-9)) + extra
-                if score > best[end]:
-                    best[end], back[end] = score, start
-        if best[pieces] == -math.inf:
+    inputs: list[np.ndarray] = []
+    certainty = 1.0
+    for options, count in zip(per_blob, counts, strict=True):
+        if count == 0:
             continue
-        spans, end = [], pieces
-        while end > 0:
-            spans.append((back[end], end))
-            end = back[end]
-        for span in reversed(spans):
-            index = table[span][0]
+        scores = np.array([score for score, _ in options.values()])
+        certainty *= float(1.0 / np.exp(SEG_SHARPNESS * (scores - options[count][0])).sum())
+        for index in options[count][1]:
             p = predictions[index]
             if p.digit_found:
                 chosen.append(DigitPrediction(p.label, p.confidence, p.probabilities, p.guess, box=plan.boxes[index]))
+                inputs.append(plan.digits[index])
     text = "".join(str(d.label) if d.label >= 0 else "?" for d in chosen)  # "?": below min_confidence
-    confidence = math.prod(d.confidence for d in chosen) if chosen else 0.0
-    return NumberReading(text, float(confidence), tuple(chosen))
+    confidence = math.prod(d.confidence for d in chosen) * certainty if chosen else 0.0
+    return NumberReading(
+        text, float(confidence), tuple(chosen), np.stack(inputs) if inputs else np.zeros((0, 28, 28), np.float32)
+    )
+
+
+def _best_splits(
+    table: dict[tuple[int, int], tuple[int, float]], pieces: int, predictions: list[Prediction]
+) -> dict[int, tuple[float, list[int]]]:
+    """For each digit count k a blob can be read as: the best score (sum of log confidences plus the
+    spans' extra scores) and its candidates, left to right."""
+    # best[j][k]: the best score of reading pieces [0, j) as k digits; back[j][k]: where its last one starts
+    best = [[-math.inf] * (pieces + 1) for _ in range(pieces + 1)]
+    back = [[0] * (pieces + 1) for _ in range(pieces + 1)]
+    best[0][0] = 0.0
+    for end in range(1, pieces + 1):
+        for start in range(end):
+            entry = table.get((start, end))  # (only spans of <= MAX_SPAN pieces, and the whole blob)
+            if entry is None:
+                continue
+            index, extra = entry
+            gain = math.log(max(predictions[index].confidence, 1e-9)) + extra
+            for k in range(end):
+                if best[start][k] > -math.inf and best[start][k] + gain > best[end][k + 1]:
+                    best[end][k + 1], back[end][k + 1] = best[start][k] + gain, start
+    options: dict[int, tuple[float, list[int]]] = {}
+    for k in range(1, pieces + 1):
+        if best[pieces][k] == -math.inf:
+            continue
+        spans, end, left = [], pieces, k
+        while end > 0:
+            spans.append((back[end][left], end))
+            end, left = back[end][left], left - 1
+        options[k] = (best[pieces][k], [table[span][0] for span in reversed(spans)])
+    return options
+
+
+def _counts_for(per_blob: list[dict[int, tuple[float, list[int]]]], digits: int) -> list[int] | None:
+    """Per blob the digit count (0: dropped) that together give `digits` digits with the best total
+    score, or None when no choice gives that many."""
+    # total[n]: (best score of the blobs so far giving n digits, their counts)
+    total: dict[int, tuple[float, list[int]]] = {0: (0.0, [])}
+    for options in per_blob:
+        step: dict[int, tuple[float, list[int]]] = {}
+        for n, (score, counts) in total.items():
+            for k, (gain, _) in [(0, (-DROP_COST, []))] + list(options.items()):
+                if n + k <= digits and (n + k not in step or score + gain > step[n + k][0]):
+                    step[n + k] = (score + gain, counts + [k])
+        total = step
+    return total[digits][1] if digits in total else None
 
 
 # -----------------------------------------------------------------------------
@@ -273,22 +345,35 @@ def _not_specks(boxes: list[tuple[int, int, int, int]]) -> list[int]:
 
 def _blobs(boxes: list[tuple[int, int, int, int]]) -> list[list[int]]:
     """Group components into blobs, left to right: those whose columns overlap by at least MERGE_OVERLAP of
-    the narrower one's width (transitively) are one."""
+    the narrower one's width (transitively) are one.
+
+    A sweep from left to right: each component is compared only with the earlier ones still reaching past
+    its left edge, and joined with a union-find, so the work is O(n log n + overlapping pairs), which
+    MAX_MARKS bounds."""
     order = sorted(range(len(boxes)), key=lambda i: (boxes[i][0], boxes[i][2]))
-    groups: list[list[int]] = []
-    spans: list[list[tuple[int, int]]] = []  # per group: its members' (x0, x1)
+    parent = list(range(len(boxes)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    active: list[int] = []  # components whose right edge lies beyond the current left edge
     for i in order:
         x0, _, x1, _ = boxes[i]
-        for group, span in zip(groups, spans, strict=False):
-            if any(min(x1, b1) - max(x0, b0) >= MERGE_OVERLAP * min(x1 - x0, b1 - b0) for b0, b1 in span):
-                group.append(i)
-                span.append((x0, x1))
-                break
-        else:
-            groups.append([i])
-            spans.append([(x0, x1)])
-    groups.sort(key=lambda g: min(boxes[i][0] for i in g))
-    return groups
+        active = [j for j in active if boxes[j][2] > x0]
+        for j in active:
+            b0, b1 = boxes[j][0], boxes[j][2]
+            if min(x1, b1) - max(x0, b0) >= MERGE_OVERLAP * min(x1 - x0, b1 - b0):
+                ri, rj = root(i), root(j)
+                if ri != rj:
+                    parent[max(ri, rj)] = min(ri, rj)
+        active.append(i)
+    groups: dict[int, list[int]] = {}
+    for i in order:
+        groups.setdefault(root(i), []).append(i)
+    return sorted(groups.values(), key=lambda g: min(boxes[i][0] for i in g))
 
 
 # -----------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,15 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from edge_infer import Classifier, ImageError
-from edge_infer.number import SEG_INK, NumberReading, _components
+from edge_infer.number import (
+    CLASSIFY_BATCH,
+    MAX_CANDIDATES,
+    MAX_MARKS,
+    SEG_INK,
+    NumberReading,
+    _components,
+    plan_number,
+)
 from edge_infer.preprocess import ink_map, to_grey
 
 from .conftest import ROOT
@@ -256,3 +266,83 @@ def test_unsure_digits_are_question_marks(mnist_test):
     reading = Classifier(min_confidence=1.0).read_number(number.image)  # nothing is that sure
     assert reading.text == "?" * len(reading.digits) and len(reading.digits) >= 4
     assert all(d.unsure and d.guess is not None for d in reading.digits)
+
+
+# --- limits: hostile images cost bounded time and memory (issue 21) -------------------------------
+
+
+def _dot_grid(step: int) -> Image.Image:
+    page = np.full((512, 512), 255, np.uint8)
+    page[::step, ::step] = 0
+    return Image.fromarray(page)
+
+
+def _salt(share: float) -> Image.Image:
+    rng = np.random.default_rng(3)
+    return Image.fromarray(np.where(rng.random((512, 512)) < share, 0, 255).astype(np.uint8))
+
+
+def _teeth(width: int, height: int) -> Image.Image:
+    """A row of small combs: bars every 3 px on a base line; each is cut into many candidate digits."""
+    page = np.full((512, 512), 255, np.uint8)
+    for x in range(2, 512 - width, width + 3):
+        page[20 + height - 1, x : x + width] = 0
+        page[20 : 20 + height, x : x + width : 3] = 0
+    return Image.fromarray(page)
+
+
+def _cli_peak(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, float, float]:
+    """edge-infer in a subprocess: (its result, wall seconds, its peak RSS in MB)."""
+    probe = (
+        "import resource, subprocess, sys, time; t = time.perf_counter(); "
+        "r = subprocess.run([sys.executable, '-m', 'edge_infer', *sys.argv[1:]], capture_output=True); "
+        "sys.stderr.buffer.write(r.stderr); sys.stdout.buffer.write(r.stdout); "
+        "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024); "
+        "sys.exit(r.returncode)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe, *args], cwd=ROOT, capture_output=True)
+    *lines, last = result.stdout.decode().splitlines()
+    seconds, peak = map(float, last.split())
+    result.stdout = ("\n".join(lines) + "\n").encode()
+    return result, seconds, peak
+
+
+def test_hostile_images_are_one_line_errors_in_bounded_time(tmp_path):
+    """A dot grid every 3 and 6 px, 2 % salt noise (each minutes before) and a row of combs that gives
+    over MAX_CANDIDATES candidate digits: each an error for that image alone, fast; the others read."""
+    assert len(_components(ink_map(to_grey(_dot_grid(3))) >= SEG_INK)[1]) > 20 * MAX_MARKS
+    hostile = [_dot_grid(3), _dot_grid(6), _salt(0.02), _teeth(20, 8)]
+    paths = [save(image, tmp_path / f"hostile-{i}.png") for i, image in enumerate(hostile)]
+    assert all(Path(p).stat().st_size < 20_000 for p in paths)
+    example = str(NUMBER_EXAMPLES[0])
+    result, seconds, peak = _cli_peak(tmp_path, "--number", *paths, example)
+    assert result.returncode == 1
+    assert seconds <= 10, seconds
+    assert peak <= 600, peak
+    errors = result.stderr.decode().splitlines()
+    assert len(errors) == 4 and b"Traceback" not in result.stderr
+    assert all(e.startswith(f"edge-infer: {p}: too many ") for e, p in zip(errors, paths, strict=True))
+    assert "candidate digits" in errors[3]
+    assert result.stdout.decode().split("\t")[:2] == [example, NUMBER_EXAMPLES[0].stem.split("-")[-1]]
+
+
+def test_memory_is_bounded_whatever_the_images(tmp_path, classifier, monkeypatch):
+    """100 images of combs just under the candidate limit (~345 candidates each): the candidates are
+    classified CLASSIFY_BATCH at a time, so the CLI's peak memory stays flat (before: 724 MB here)."""
+    image = _teeth(30, 12)
+    plan = plan_number(image)
+    assert 300 <= len(plan.digits) <= MAX_CANDIDATES
+    runs: list[int] = []
+    real_classify = classifier.classify
+    monkeypatch.setattr(classifier, "classify", lambda digits: runs.append(len(digits)) or real_classify(digits))
+    readings = classifier.read_numbers([image] * 8)
+    assert len(runs) >= 2 and max(runs) <= CLASSIFY_BATCH + MAX_CANDIDATES
+    assert len({r.text for r in readings}) == 1
+    folder = tmp_path / "combs"
+    folder.mkdir()
+    for i in range(100):
+        save(image, folder / f"{i:03d}.png")
+    result, _, peak = _cli_peak(tmp_path, "--number", str(folder))
+    assert result.returncode == 0, result.stderr[-300:]
+    assert len(result.stdout.decode().splitlines()) == 100
+    assert peak <= 600, peak
