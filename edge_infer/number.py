@@ -26,6 +26,7 @@ import io
 import math
 import os
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 from PIL import Image
@@ -55,11 +56,18 @@ CUTS_PER_HEIGHT = 3.0  # ... this many per blob height of its width
 CUT_DEPTH = 0.7  # a cut is tried only where the column projection is below this x its maximum
 PATH_ROWS = 40  # cut paths are searched at a resolution of at most this many rows per blob
 MAX_SPAN = 4  # a candidate digit spans at most this many pieces
-WIDE_ASPECT = 1.0  # a candidate digit wider than this x its height is likely two digits...
+WIDE_ASPECT = 0.75  # a candidate digit wider than this x its height is likely two digits...
 WIDE_COST = 4.0  # ... and costs this much log-score per unit of aspect beyond it
 CUT_COST = 1.5  # log-score cost of a cut per stroke width of ink it crosses
 SPLIT_COST = 0.0  # and of any cut at all (a confident single digit stays whole)
-SEG_SHARPNESS = 1.0  # a blob's count certainty: softmax of this x the best score of each digit count
+LINE_SHARE = 0.5  # a printed line (ruling, underline, a box row) spans this share of the ink's width...
+LINE_OVER_INK = 1.5  # ... and this many times the height of the rest of the ink
+LINE_THICK = 0.2  # ... and is at most this x that height thick
+TICK_LENGTH = 0.2  # box separators / comb ticks: vertical strokes from a line at least this x that height...
+TICK_SPREAD = 0.1  # ... alike in length (within this share, being printed) and evenly spaced
+FILLED_BOX = 0.2  # a form's box holds a digit when it has this share of a typical box's ink
+MAX_TICKS = 64  # more evenly spaced vertical strokes than this are not a form's boxes
+SEG_SHARPNESS = 3.0  # a blob's count certainty: softmax of this x the best score of each digit count
 DROP_COST = 6.0  # with a known digit count: log-score cost of reading a blob as no digit (a stray mark)
 # Limits (README: Security and limits): an image past one is an ImageError for that image alone, so that a
 # dot grid or salt noise costs milliseconds rather than minutes and a page of "combs" no memory spike.
@@ -97,6 +105,8 @@ class NumberPlan:
     digits: np.ndarray
     boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
     blobs: list[tuple[int, dict[tuple[int, int], tuple[int, float]]]] = field(default_factory=list)
+    aspects: list[float] = field(default_factory=list)  # per candidate: its width / its height
+    filled_boxes: int | None = None  # on a form: how many of its boxes hold ink (the digit count, unless given)
 
 
 def plan_number(image: ImageInput) -> NumberPlan:
@@ -109,6 +119,12 @@ def plan_number(image: ImageInput) -> NumberPlan:
     if ink is None:
         return plan
     strong = ink >= SEG_INK
+    ruling = _ruling(strong)
+    fields: list[tuple[int, int]] = []
+    if ruling is not None:
+        removed, fields = ruling
+        strong &= ~removed
+        ink = np.where((_box_sum3(removed) > 0) & ~strong, 0.0, ink)  # the lines' anti-aliased rims too
     labels, boxes = _components(strong)
     keep = _not_specks(boxes)
     if not keep:
@@ -118,7 +134,14 @@ def plan_number(image: ImageInput) -> NumberPlan:
             f"too many separate marks for one line of digits ({len(keep):,}; the limit is {MAX_MARKS}): is it a number?"
         )
     digits: list[np.ndarray] = []
-    for group in _blobs([boxes[i] for i in keep]):
+    kept = [boxes[i] for i in keep]
+    groups = _blobs(kept)
+    if fields:
+        groups, outside = _in_fields(kept, fields)
+        mass = np.array([strong[:, a:b].sum() for a, b in fields], float)
+        filled = int((mass >= FILLED_BOX * np.median(mass[mass > 0] if mass.any() else mass)).sum())
+        plan.filled_boxes = filled + outside
+    for group in groups:
         ids = [keep[i] + 1 for i in group]
         x0 = min(boxes[i - 1][0] for i in ids)
         y0 = min(boxes[i - 1][1] for i in ids)
@@ -143,8 +166,7 @@ def plan_number(image: ImageInput) -> NumberPlan:
                 continue
             top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
             crop = part[top:bottom, left:right]
-            aspect = (right - left) / (bottom - top)
-            extra -= WIDE_COST * max(0.0, aspect - WIDE_ASPECT)
+            plan.aspects.append((right - left) / (bottom - top))
             table[(start, end)] = (len(digits), extra)
             digits.append(ink_to_mnist(crop))
             plan.boxes.append(_source_box((x0 + left, y0 + top, x0 + right, y0 + bottom), scale, grey.shape))
@@ -158,13 +180,18 @@ def plan_number(image: ImageInput) -> NumberPlan:
 def decide(plan: NumberPlan, predictions: list[Prediction], digits: int | None = None) -> NumberReading:
     """Pick, per blob, the split whose candidate digits the classifier reads best; return the reading.
 
-    digits: the number's known length; then the splits are chosen together so that the blobs give that
-    many digits (a blob may give none, at DROP_COST: a stray mark), when some choice does.
-    The reading's confidence is the product of the digits' confidences and, per blob, of how sure the
+    digits: the number's known length (default: on a form, the number of boxes holding ink); then the
+    splits are chosen together so that the blobs give that many digits (a blob may give none, at
+    DROP_COST: a stray mark), when some choice does. The reading's confidence is the product of the digits' confidences and, per blob, of how sure the
     segmentation is of its digit count (a softmax over the best score for each count)."""
-    per_blob = [_best_splits(table, pieces, predictions) for pieces, table in plan.blobs]
+    gains = [
+        math.log(max(p.confidence, 1e-9)) - WIDE_COST * max(0.0, aspect - WIDE_ASPECT)
+        for p, aspect in zip(predictions, plan.aspects, strict=True)
+    ]
+    per_blob = [_best_splits(table, pieces, gains) for pieces, table in plan.blobs]
     counts = [max(options, key=lambda k: options[k][0]) if options else 0 for options in per_blob]
-    if digits is not None:
+    digits = digits or plan.filled_boxes
+    if digits:
         counts = _counts_for(per_blob, digits) or counts
     chosen: list[DigitPrediction] = []
     inputs: list[np.ndarray] = []
@@ -187,10 +214,10 @@ def decide(plan: NumberPlan, predictions: list[Prediction], digits: int | None =
 
 
 def _best_splits(
-    table: dict[tuple[int, int], tuple[int, float]], pieces: int, predictions: list[Prediction]
+    table: dict[tuple[int, int], tuple[int, float]], pieces: int, gains: list[float]
 ) -> dict[int, tuple[float, list[int]]]:
-    """For each digit count k a blob can be read as: the best score (sum of log confidences plus the
-    spans' extra scores) and its candidates, left to right."""
+    """For each digit count k a blob can be read as: the best score (sum of the candidates' gains, their
+    log confidences less a cost for width, plus the spans' extra scores) and its candidates, left to right."""
     # best[j][k]: the best score of reading pieces [0, j) as k digits; back[j][k]: where its last one starts
     best = [[-math.inf] * (pieces + 1) for _ in range(pieces + 1)]
     back = [[0] * (pieces + 1) for _ in range(pieces + 1)]
@@ -201,7 +228,7 @@ def _best_splits(
             if entry is None:
                 continue
             index, extra = entry
-            gain = math.log(max(predictions[index].confidence, 1e-9)) + extra
+            gain = gains[index] + extra
             for k in range(end):
                 if best[start][k] > -math.inf and best[start][k] + gain > best[end][k + 1]:
                     best[end][k + 1], back[end][k + 1] = best[start][k] + gain, start
@@ -289,9 +316,7 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int,
     Runs of set pixels along each row are the nodes; runs touching in consecutive rows (diagonals
     included) are joined with a union-find. Vectorised except the union-find over the (few) run pairs."""
     h, w = mask.shape
-    starts = mask.copy()
-    starts[:, 1:] &= ~mask[:, :-1]
-    run = (np.cumsum(starts.ravel(), dtype=np.int32).reshape(h, w) * mask).astype(np.int32)
+    run = _row_runs(mask)
     n = int(run.max()) if run.size else 0
     if n == 0:
         return np.zeros_like(run), []
@@ -374,6 +399,169 @@ def _blobs(boxes: list[tuple[int, int, int, int]]) -> list[list[int]]:
     for i in order:
         groups.setdefault(root(i), []).append(i)
     return sorted(groups.values(), key=lambda g: min(boxes[i][0] for i in g))
+
+
+def _in_fields(boxes: list[tuple[int, int, int, int]], fields: list[tuple[int, int]]) -> tuple[list[list[int]], int]:
+    """Group components by the form box (x0, x1) their middle lies in: one blob per box, read box by box;
+    components outside every box are grouped as usual (_blobs). Returns the groups and how many of them
+    lie outside the boxes."""
+    inside: dict[int, list[int]] = {}
+    outside: list[int] = []
+    for i, (x0, _, x1, _) in enumerate(boxes):
+        middle = (x0 + x1) / 2
+        slot = next((k for k, (a, b) in enumerate(fields) if a <= middle < b), None)
+        if slot is None:
+            outside.append(i)
+        else:
+            inside.setdefault(slot, []).append(i)
+    others = [[outside[i] for i in g] for g in _blobs([boxes[i] for i in outside])]
+    return sorted(list(inside.values()) + others, key=lambda g: min(boxes[i][0] for i in g)), len(others)
+
+
+# -----------------------------------------------------------------------------
+# printed lines: ruling, underlines, form boxes and comb fields
+
+
+def _row_runs(mask: np.ndarray) -> np.ndarray:
+    """Each set pixel's run along its row, numbered from 1 in reading order (0: not set)."""
+    h, w = mask.shape
+    starts = mask.copy()
+    starts[:, 1:] &= ~mask[:, :-1]
+    return (np.cumsum(starts.ravel(), dtype=np.int32).reshape(h, w) * mask).astype(np.int32)
+
+
+def _run_lengths(mask: np.ndarray) -> np.ndarray:
+    """Each set pixel's run length along its row (0 where not set)."""
+    runs = _row_runs(mask)
+    lengths = np.bincount(runs.ravel())
+    lengths[0] = 0
+    return cast(np.ndarray, lengths[runs])
+
+
+def _bands(flags: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) of each run of True in a 1-D array."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], flags.astype(np.int8), [0]])))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
+
+
+def _ruling(strong: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int]]] | None:
+    """Printed lines in the stroke mask: (the pixels to remove, the form boxes as column ranges (x0, x1)
+    left to right, empty when the lines form no boxes), or None when there are no lines.
+
+    A line is a long thin horizontal run (LINE_SHARE of the ink's width, LINE_OVER_INK x the rest's
+    height; a 1-px step of a slightly tilted line is bridged). Where lines exist, vertical strokes standing
+    on them, alike in length and evenly spaced, are box separators or a comb's ticks. Line pixels where
+    ink continues on both sides (a digit crossing the line) stay."""
+    cols = np.flatnonzero(strong.any(0))
+    if cols.size == 0:
+        return None
+    h, w = strong.shape
+    near = strong.copy()
+    near[1:] |= strong[:-1]
+    near[:-1] |= strong[1:]
+    long = (_run_lengths(near) >= max(8.0, LINE_SHARE * (cols[-1] + 1 - cols[0]))) & strong
+    rest_rows = np.flatnonzero((strong & ~long).any(1))
+    if rest_rows.size == 0 or not long.any():
+        return None
+    rest_height = rest_rows[-1] + 1 - rest_rows[0]
+    lines = np.zeros_like(strong)
+    thickness = 1
+    for r0, r1 in _bands(long.sum(1) >= 8):
+        span = np.flatnonzero(long[r0:r1].any(0))
+        length = span[-1] + 1 - span[0]
+        if r1 - r0 <= max(2.0, LINE_THICK * rest_height) and length >= LINE_OVER_INK * rest_height:
+            lines[r0:r1] |= long[r0:r1]
+            thickness = max(thickness, r1 - r0)
+    if not lines.any():
+        return None
+    ticks, fields = _ticks(strong, lines, rest_height, thickness)
+    removed = (lines & ~_crossing(strong, lines | ticks, lines)) | (
+        ticks & ~_crossing(strong.T, (lines | ticks).T, ticks.T).T
+    )
+    return removed, fields
+
+
+def _evenly_spaced(middles: list[float], least_gap: float) -> tuple[float, float] | None:
+    """The lattice (first position, gap) that at least 3 of the positions (sorted) lie on, within a tenth
+    of the gap, one after the other with at most one missing between two (a tick hidden in a digit);
+    positions off it (a digit's stroke standing on the line) are skipped. The lattice with the most."""
+    best: tuple[int, float, float] = (2, 0.0, 0.0)
+    for i, first in enumerate(middles):
+        if len(middles) - i <= best[0]:
+            break
+        for j in range(i + 1, len(middles)):
+            gap = middles[j] - first
+            if gap < least_gap:
+                continue
+            hits, expected, missing, last = 1, first + gap, 0, first
+            for k in range(j, len(middles)):
+                while middles[k] > expected + 0.1 * gap and missing < 1:
+                    expected, missing = expected + gap, missing + 1
+                if abs(middles[k] - expected) <= 0.1 * gap:
+                    hits, expected, missing, last = hits + 1, middles[k] + gap, 0, middles[k]
+                elif middles[k] > expected + 0.1 * gap:
+                    break
+            if hits > best[0]:
+                best = (hits, first, (last - first) / round((last - first) / gap))
+    return (best[1], best[2]) if best[0] >= 3 else None
+
+
+def _crossing(strong: np.ndarray, printed: np.ndarray, lines: np.ndarray) -> np.ndarray:
+    """The pixels of horizontal `lines` that ink crosses: other ink within 2 px above and below them
+    (per band of line rows; transpose everything for vertical lines)."""
+    other = strong & ~printed
+    keep = np.zeros_like(lines)
+    for r0, r1 in _bands(lines.any(1)):
+        above = other[max(r0 - 2, 0) : r0].any(0)
+        below = other[r1 : r1 + 2].any(0)
+        both = above & below
+        both[1:] |= both[:-1].copy()
+        both[:-1] |= both[1:].copy()
+        keep[r0:r1] = lines[r0:r1] & both
+    return keep
+
+
+def _ticks(
+    strong: np.ndarray, lines: np.ndarray, height: int, thickness: int
+) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Box separators or comb ticks: vertical strokes touching a line, alike and evenly spaced (a digit's
+    stem that touches a line is neither). Returns their pixels and the boxes between them."""
+    down, printed = strong.T, lines.T  # runs down each column
+    runs = _row_runs(down)
+    ends = down.copy()  # the top and bottom pixel of each run
+    ends[:, 1:-1] &= ~(down[:, :-2] & down[:, 2:])
+    # a run that ends in a line stands on it (a digit's stroke crossing the line ends beyond it)
+    standing = np.bincount(runs[ends & printed], minlength=int(runs.max()) + 1) > 0
+    standing[0] = False
+    lengths = np.bincount(runs.ravel())
+    on_line = standing[runs] & (lengths[runs] - printed.sum(1, keepdims=True) >= TICK_LENGTH * height)
+    column_length = np.where(on_line, lengths[runs], 0).max(1)
+    segments = [(x0, x1, int(column_length[x0:x1].max())) for x0, x1 in _bands(column_length > 0)]
+    none = np.zeros_like(strong), []
+    thin = [s for s in segments if s[1] - s[0] <= 2 * thickness + 2]
+    if not 3 <= len(thin) <= MAX_TICKS:
+        return none
+    typical = float(np.median([n for _, _, n in thin]))
+    alike = [s for s in thin if abs(s[2] - typical) <= max(2.0, TICK_SPREAD * typical)]  # printed: one length
+    found = _evenly_spaced([(a + b) / 2 for a, b, _ in alike], TICK_LENGTH * height)
+    if found is None:
+        return none
+    first, gap = found
+    # the lattice over the lines' extent, which a form's lines end on (an underline with three alike
+    # strokes standing on it by chance does not); ticks a digit crosses are found at their place
+    cols = np.flatnonzero(lines.any(0))
+    k0 = math.ceil((cols[0] - first) / gap - 0.2)
+    k1 = math.floor((cols[-1] + 1 - first) / gap + 0.2)
+    places = [first + k * gap for k in range(k0, k1 + 1)]
+    tolerance = 0.15 * gap + thickness
+    if len(places) < 3 or abs(places[0] - cols[0]) > tolerance or abs(places[-1] - cols[-1] - 1) > tolerance:
+        return none
+    ticks = np.zeros_like(strong)
+    for x0, x1, _ in segments:
+        if x1 - x0 <= 6 * thickness + 6 and min(abs((x0 + x1) / 2 - p) for p in places) <= 0.1 * gap + 1:
+            ticks[:, x0:x1] = on_line[x0:x1].T
+    fields = [(int(places[k]) + 1, int(places[k + 1])) for k in range(len(places) - 1)]
+    return ticks, fields
 
 
 # -----------------------------------------------------------------------------
