@@ -182,8 +182,9 @@ def decide(plan: NumberPlan, predictions: list[Prediction], digits: int | None =
 
     digits: the number's known length (default: on a form, the number of boxes holding ink); then the
     splits are chosen together so that the blobs give that many digits (a blob may give none, at
-    DROP_COST: a stray mark), when some choice does. The reading's confidence is the product of the digits' confidences and, per blob, of how sure the
-    segmentation is of its digit count (a softmax over the best score for each count)."""
+    DROP_COST: a stray mark), when some choice does. The reading's confidence is the product of the
+    digits' confidences and, per blob, of how sure the segmentation is of its digit count (a softmax of
+    SEG_SHARPNESS x the best score for each count)."""
     gains = [
         math.log(max(p.confidence, 1e-9)) - WIDE_COST * max(0.0, aspect - WIDE_ASPECT)
         for p, aspect in zip(predictions, plan.aspects, strict=True)
