@@ -428,7 +428,7 @@ def _row_runs(mask: np.ndarray) -> np.ndarray:
     h, w = mask.shape
     starts = mask.copy()
     starts[:, 1:] &= ~mask[:, :-1]
-    return (np.cumsum(starts.ravel(), dtype=np.int32).reshape(h, w) * mask).astype(np.int32)
+    return cast(np.ndarray, (np.cumsum(starts.ravel(), dtype=np.int32).reshape(h, w) * mask).astype(np.int32))
 
 
 def _run_lengths(mask: np.ndarray) -> np.ndarray:
@@ -512,7 +512,7 @@ def _crossing(strong: np.ndarray, printed: np.ndarray, lines: np.ndarray) -> np.
     (per band of line rows; transpose everything for vertical lines)."""
     other = strong & ~printed
     keep = np.zeros_like(lines)
-    for r0, r1 in _bands(lines.any(1)):
+    for r0, r1 in _bands(np.asarray(lines.any(1))):
         above = other[max(r0 - 2, 0) : r0].any(0)
         below = other[r1 : r1 + 2].any(0)
         both = above & below
@@ -538,7 +538,7 @@ def _ticks(
     on_line = standing[runs] & (lengths[runs] - printed.sum(1, keepdims=True) >= TICK_LENGTH * height)
     column_length = np.where(on_line, lengths[runs], 0).max(1)
     segments = [(x0, x1, int(column_length[x0:x1].max())) for x0, x1 in _bands(column_length > 0)]
-    none = np.zeros_like(strong), []
+    none: tuple[np.ndarray, list[tuple[int, int]]] = (np.zeros_like(strong), [])
     thin = [s for s in segments if s[1] - s[0] <= 2 * thickness + 2]
     if not 3 <= len(thin) <= MAX_TICKS:
         return none
