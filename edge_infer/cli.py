@@ -48,6 +48,7 @@ class Options:
     info: bool = False
     min_confidence: float = 0.0
     number: bool = False  # read each image as one number (a line of digits)
+    digits: int | None = None  # with --number: how many digits each number has, when known
     graph_file: str | None = None  # draw the model's graph here (.svg or .png)
     save_dir: str | None = None  # write what the model saw, per image, into this directory
     quiet: bool = False  # no progress bar
@@ -177,8 +178,9 @@ def _round(value: float) -> float:
     return round(float(value), 6)
 
 
-def format_line(path: str, prediction: Prediction, top_k: int, as_json: bool) -> str:
-    """One output line; path as given (it is escaped here with display())."""
+def format_line(path: str, prediction: Prediction, top_k: int, as_json: bool, digits_seen: int = 1) -> str:
+    """One output line; path as given (it is escaped here with display()). digits_seen: how many digits the
+    image seems to hold (JSON says so when more than one)."""
     if as_json:
         import json
 
@@ -192,6 +194,8 @@ def format_line(path: str, prediction: Prediction, top_k: int, as_json: bool) ->
             record["no_digit"] = True
         elif prediction.unsure:
             record["unsure"], record["guess"] = True, prediction.guess
+        if digits_seen > 1:
+            record["digits_seen"] = digits_seen
         if top_k > 1:
             record["top_k"] = [[d, _round(p)] for d, p in prediction.top_k(top_k)]
         return json.dumps(record, allow_nan=False)
@@ -203,13 +207,13 @@ def format_line(path: str, prediction: Prediction, top_k: int, as_json: bool) ->
 
 
 def read_number_chunks(
-    classifier: Classifier, paths: list[str], stdin: bytes | None = None
+    classifier: Classifier, paths: list[str], stdin: bytes | None = None, digits: int | None = None
 ) -> Generator[NumberReading | ImageError, None, None]:
-    """--number: a reading or an ImageError for each path, CHUNK images per read_numbers (one session.run)."""
+    """--number: a reading or an ImageError for each path, CHUNK images per read_numbers."""
     for start in range(0, len(paths), CHUNK):
         chunk = paths[start : start + CHUNK]
         images: list[ImageInput] = [stdin if path == "-" and stdin is not None else path for path in chunk]
-        yield from classifier.read_numbers(images, errors="return")
+        yield from classifier.read_numbers(images, errors="return", digits=digits)
 
 
 def format_number(path: str, reading: NumberReading, as_json: bool) -> str:
@@ -250,6 +254,59 @@ def _make_dir(path: str) -> None:
         _die(f"--save-input {path}: cannot create the directory: {error.strerror or error}")
 
 
+def _save_picture(
+    image: ImageInput, path: str, result: Prediction | NumberReading, save_dir: str, used: set[str]
+) -> bool:
+    """--save-input: what the model saw of one image (input_picture's, or for --number number_picture's)
+    into save_dir; False, with a one-line message, when it cannot be written."""
+    from edge_infer.input_picture import save_explanation, save_picture  # Pillow's drawing: only when asked for
+
+    try:
+        if isinstance(result, Prediction):
+            save_explanation(image, path, result, save_dir, used)
+        else:
+            from edge_infer.number_picture import explain_number
+
+            save_picture(explain_number(image, result), path, save_dir, used)
+    except (OSError, ValueError) as error:
+        sys.stderr.write(
+            f"{PROG}: {display(path)}: cannot save its picture in {save_dir}: "
+            f"{getattr(error, 'strerror', None) or error}\n"
+        )
+        return False
+    return True
+
+
+HINTS_SHOWN = 3  # "seems to hold several digits" hints on stderr, at most, then one line that more were
+
+
+def _digits_seen(image: str | bytes) -> int:
+    """How many digits an image classified as one digit seems to hold: counted (edge_infer.number) only
+    for images at least WIDE_IMAGE times as wide as high, so square ones cost a header read."""
+    import io
+
+    from PIL import Image
+
+    from edge_infer.number import WIDE_IMAGE, count_digits
+
+    try:
+        with Image.open(image if isinstance(image, str) else io.BytesIO(image)) as header:
+            if header.width < WIDE_IMAGE * header.height:
+                return 1
+        return count_digits(image)
+    except Exception:  # the image was read once already; a second look that fails changes nothing
+        return 1
+
+
+def _hint(path: str, seen: int, hints: int) -> None:
+    if hints <= HINTS_SHOWN:
+        sys.stderr.write(
+            f"{PROG}: hint: {display(path)} seems to hold {seen} digits; to read them all as a number, use --number\n"
+        )
+    elif hints == HINTS_SHOWN + 1:
+        sys.stderr.write(f"{PROG}: hint: more images seem to hold several digits (--json says digits_seen)\n")
+
+
 def format_error(path: str, error: ImageError, as_json: bool) -> str:
     if as_json:
         import json
@@ -284,6 +341,8 @@ def run(paths: tuple[str, ...] | list[str], options: Options) -> None:
         _die("stdin ('-') can be read only once")
     if options.number and options.top_k > 1:
         _die("--top-k applies to single digits, not to --number")
+    if options.digits is not None and not options.number:
+        _die("--digits applies to --number (how many digits each number has)")
     if options.int8 and options.model:
         _die("--int8 selects the bundled int8 model; with --model, pass your int8 file itself")
     try:
@@ -298,14 +357,13 @@ def run(paths: tuple[str, ...] | list[str], options: Options) -> None:
         return
     if options.save_dir:
         _make_dir(options.save_dir)
-        from edge_infer.input_picture import save_explanation  # Pillow's drawing code: only when asked for
 
     stdin = sys.stdin.buffer.read() if "-" in paths else None
     jobs = options.jobs or usable_cpus()
     inputs = list(expand(paths))
     good = [path for path, error in inputs if error is None]
     predicted: Generator[Prediction | NumberReading | ImageError, None, None] = (
-        read_number_chunks(classifier, good, stdin)
+        read_number_chunks(classifier, good, stdin, options.digits)
         if options.number
         else classify_all(good, stdin, classifier, options.classifier_options(), jobs)
     )
@@ -313,6 +371,7 @@ def run(paths: tuple[str, ...] | list[str], options: Options) -> None:
     lines: list[str] = []
     bar = ProgressBar(len(inputs), enabled=not options.quiet)
     saved_names: set[str] = set()
+    hints = 0  # images that seem to hold several digits, read as one
     try:
         for index, (path, refused) in enumerate(inputs, 1):
             result = refused if refused is not None else next(predicted)
@@ -323,22 +382,21 @@ def run(paths: tuple[str, ...] | list[str], options: Options) -> None:
                 sys.stderr.write(format_error(path, result, False) + "\n")
                 if options.as_json:
                     lines.append(format_error(path, result, True))
-            elif options.number:
-                lines.append(format_number(path, cast("NumberReading", result), options.as_json))
             else:
-                assert isinstance(result, Prediction)  # without --number every result is a Prediction
-                lines.append(format_line(path, result, options.top_k, options.as_json))
-                if options.save_dir:
-                    image = stdin if path == "-" and stdin is not None else path  # (stdin is read when "-" is given)
-                    try:
-                        save_explanation(image, path, result, options.save_dir, saved_names)
-                    except (OSError, ValueError) as error:
-                        failed = True
+                image = stdin if path == "-" and stdin is not None else path  # (stdin is read when "-" is given)
+                if options.number:
+                    lines.append(format_number(path, cast("NumberReading", result), options.as_json))
+                else:
+                    assert isinstance(result, Prediction)  # without --number every result is a Prediction
+                    seen = _digits_seen(image) if result.digit_found else 1
+                    lines.append(format_line(path, result, options.top_k, options.as_json, seen))
+                    if seen > 1:
+                        hints += 1
                         bar.clear()
-                        sys.stderr.write(
-                            f"{PROG}: {display(path)}: cannot save its picture in {options.save_dir}: "
-                            f"{getattr(error, 'strerror', None) or error}\n"
-                        )
+                        _hint(path, seen, hints)
+                if options.save_dir and not _save_picture(image, path, result, options.save_dir, saved_names):
+                    failed = True
+                    bar.clear()
             if lines and (index % FLUSH_EVERY == 0 or index == len(inputs)):
                 bar.clear()  # stdout may be the same terminal
                 sys.stdout.write("\n".join(lines) + "\n")
@@ -411,8 +469,16 @@ def _command() -> click.Command:
     @click.option(
         "--number",
         is_flag=True,
-        help="Read each image as one number (a line of digits): path, digits, "
-        "confidence (the product of the digits'); with --json also each digit's label, confidence and box.",
+        help="Read each image as one number (a line of digits): path, digits ('?' below --min-confidence), "
+        "confidence (the digits' and the segmentation's); with --json also each digit's label, confidence "
+        "and box.",
+    )
+    @click.option(
+        "--digits",
+        type=click.IntRange(1, 100),
+        default=defaults.digits,
+        metavar="N",
+        help="With --number: each number has N digits (a form's field); the segmentation giving N is preferred.",
     )
     @click.option("--info", is_flag=True, help="Print the model's metadata and exit.")
     @click.option(
@@ -428,7 +494,8 @@ def _command() -> click.Command:
         metavar="DIR",
         default=defaults.save_dir,
         help="Write DIR/<image name>.png for each image (a repeated name gets -2, -3, ...): the original, "
-        "the 28x28 input the model saw, and the top-3 probabilities.",
+        "the 28x28 input the model saw, and the top-3 probabilities; with --number the image with each "
+        "digit's box and label, and each digit's 28x28 input.",
     )
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar (shown only on a terminal, for many images).")
     @click.version_option(package_name="edge-infer")

@@ -20,7 +20,7 @@ from edge_infer.classifier import Classifier, Prediction
 from edge_infer.draw_graph import load_font
 from edge_infer.preprocess import ImageInput, load_image, preprocess
 
-__all__ = ["PANEL", "SCALE", "explain", "input_pixels", "model_input_box", "save_explanation"]
+__all__ = ["PANEL", "SCALE", "explain", "input_pixels", "model_input_box", "save_explanation", "save_picture"]
 
 SCALE = 6  # each model-input pixel becomes SCALE x SCALE screen pixels
 PANEL = 28 * SCALE  # every panel is PANEL x PANEL
@@ -98,6 +98,11 @@ def save_explanation(
     image: ImageInput, display_path: str, prediction: Prediction, out_dir: str | os.PathLike[str], used: set[str]
 ) -> Path:
     """explain() into out_dir/<image name>.png ('stdin.png' for '-'); a name seen before in `used` gets -2, -3."""
+    return save_picture(explain(image, prediction=prediction), display_path, out_dir, used)
+
+
+def save_picture(picture: Image.Image, display_path: str, out_dir: str | os.PathLike[str], used: set[str]) -> Path:
+    """A picture about one input into out_dir/<image name>.png, named as save_explanation names them."""
     stem = "stdin" if display_path == "-" else Path(display_path).stem or "image"
     name, count = stem, 1
     while name in used:
@@ -105,7 +110,7 @@ def save_explanation(
         name = f"{stem}-{count}"
     used.add(name)
     target = Path(out_dir) / f"{name}.png"
-    explain(image, prediction=prediction).save(target, format="PNG")
+    picture.save(target, format="PNG")
     return target
 
 

@@ -43,7 +43,7 @@ from edge_infer.preprocess import (
     to_grey,
 )
 
-__all__ = ["DigitPrediction", "NumberReading", "NumberPlan", "plan_number", "decide"]
+__all__ = ["DigitPrediction", "NumberReading", "NumberPlan", "count_digits", "decide", "plan_number"]
 
 SEG_INK = 0.1  # ink-map level that makes a pixel part of a stroke for labelling (faint rims join later)
 SPECK_AREA = 0.04  # components smaller than this fraction of the largest one are specks...
@@ -69,6 +69,8 @@ FILLED_BOX = 0.2  # a form's box holds a digit when it has this share of a typic
 MAX_TICKS = 64  # more evenly spaced vertical strokes than this are not a form's boxes
 SEG_SHARPNESS = 3.0  # a blob's count certainty: softmax of this x the best score of each digit count
 DROP_COST = 6.0  # with a known digit count: log-score cost of reading a blob as no digit (a stray mark)
+WIDE_IMAGE = 1.25  # the single-digit CLI counts the digits of images at least this much wider than high...
+DIGIT_ASPECT = 0.8  # ... taking a blob as about its width / (this x its height) digits
 # Limits (README: Security and limits): an image past one is an ImageError for that image alone, so that a
 # dot grid or salt noise costs milliseconds rather than minutes and a page of "combs" no memory spike.
 MAX_MARKS = 300  # separate marks (components, specks excluded) per image: no line of digits has this many
@@ -112,7 +114,7 @@ class NumberPlan:
 def plan_number(image: ImageInput) -> NumberPlan:
     """Load an image of one line of digits and list its candidate digits. Raises ImageError on bad input."""
     img = load_image(image)
-    scale = _scale_to_source(image, img)
+    scale = scale_to_source(image, img)
     grey = to_grey(img)
     ink = ink_map(grey)
     plan = NumberPlan(np.zeros((0, 28, 28), np.float32))
@@ -175,6 +177,22 @@ def plan_number(image: ImageInput) -> NumberPlan:
     if digits:
         plan.digits = np.stack(digits)
     return plan
+
+
+def count_digits(image: ImageInput) -> int:
+    """About how many digits an image holds, without the classifier (for the single-digit path's hint):
+    on a form its filled boxes, else per blob its width in digits (DIGIT_ASPECT x its height), at least 1.
+    0 for an image without ink or past a limit. Raises ImageError on bad input."""
+    try:
+        plan = plan_number(image)
+    except ImageError as error:
+        if "too many" in str(error):
+            return 0
+        raise
+    if plan.filled_boxes:
+        return plan.filled_boxes
+    whole = [table.get((0, pieces)) for pieces, table in plan.blobs]
+    return sum(max(1, int(plan.aspects[entry[0]] / DIGIT_ASPECT + 0.5)) for entry in whole if entry is not None)
 
 
 def decide(plan: NumberPlan, predictions: list[Prediction], digits: int | None = None) -> NumberReading:
@@ -264,7 +282,7 @@ def _counts_for(per_blob: list[dict[int, tuple[float, list[int]]]], digits: int)
 # coordinates
 
 
-def _scale_to_source(image: ImageInput, img: Image.Image) -> tuple[float, float]:
+def scale_to_source(image: ImageInput, img: Image.Image) -> tuple[float, float]:
     """(x, y) factors from load_image's working pixels to the input's pixels after EXIF orientation.
 
     load_image only shrinks images whose longest side exceeds WORK_SIZE (to exactly WORK_SIZE), so
