@@ -12,6 +12,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from edge_infer import Classifier, ImageError
+from edge_infer.input_picture import input_pixels
 from edge_infer.number import (
     CLASSIFY_BATCH,
     MAX_CANDIDATES,
@@ -21,10 +22,11 @@ from edge_infer.number import (
     _components,
     plan_number,
 )
+from edge_infer.number_picture import IMAGE_HEIGHT, IMAGE_WIDTH, input_panel_box
 from edge_infer.preprocess import ink_map, to_grey
 
 from .conftest import ROOT
-from .number_strings import BACKGROUNDS, font_number, font_paths, mnist_number
+from .number_strings import BACKGROUNDS, FORM_STYLES, font_number, font_paths, form_number, mnist_number
 from .test_runtime import cli
 
 NUMBER_EXAMPLES = sorted((ROOT / "examples" / "numbers").glob("*.*"))
@@ -346,3 +348,103 @@ def test_memory_is_bounded_whatever_the_images(tmp_path, classifier, monkeypatch
     assert result.returncode == 0, result.stderr[-300:]
     assert len(result.stdout.decode().splitlines()) == 100
     assert peak <= 600, peak
+
+
+# --- forms, ruled paper, the digit count, and what --number saw (issue 19) ------------------------
+
+
+@pytest.mark.parametrize("style", FORM_STYLES)
+def test_forms_lines_are_removed_and_boxes_read_one_by_one(classifier, mnist_test, tmp_path, style):
+    """MNIST test digits on a row of boxes, a comb field, an underline and ruled paper; lines 1-4 px in
+    black, grey or a dropout colour, a third of the digits crossing a line (before: 0 % whole strings in
+    boxes; benchmark ~85-90 %)."""
+    images, labels = mnist_test
+    rng = np.random.default_rng(31 + FORM_STYLES.index(style))
+    numbers = [form_number(images, labels, rng, style=style) for _ in range(30)]
+    readings = read_files(classifier, tmp_path, numbers)
+    whole = np.mean([n.text == r.text for n, r in zip(numbers, readings, strict=True)])
+    wrong_count = np.mean([len(n.text) != len(r.text) for n, r in zip(numbers, readings, strict=True)])
+    assert whole >= 0.65, whole
+    assert wrong_count <= 0.1, wrong_count
+
+
+def test_ink_crossing_a_line_is_kept(classifier):
+    """A printed number struck through by a ruled line at a third of its height, in a dropout red: the
+    line goes, the strokes it crossed stay (an 8 cut there would read as 0 or 3)."""
+    number = font_number("80386", Path(DEJAVU), np.random.default_rng(4), size=70)
+    page = np.asarray(number.image.convert("RGB")).copy()
+    ink = page.min(axis=2) < 128
+    y = int(np.flatnonzero(ink.any(1))[0] + 0.66 * np.ptp(np.flatnonzero(ink.any(1))))
+    page[y : y + 3][~ink[y : y + 3]] = (235, 120, 120)
+    page[y - 40 : y - 37] = (235, 120, 120)  # and a line above, through nothing
+    assert classifier.read_number(page).text == "80386"
+
+
+def test_a_known_digit_count_splits_touching_pairs(classifier, mnist_test):
+    """Touching pairs: with digits=2 every reading has two digits, and no fewer are right than without."""
+    images, labels = mnist_test
+    rng = np.random.default_rng(33)
+    numbers = [mnist_number(images, labels, rng, length=2, spacing="touching") for _ in range(40)]
+    free = classifier.read_numbers([n.image for n in numbers])
+    told = classifier.read_numbers([n.image for n in numbers], digits=2)
+    assert np.mean([len(r.text) == 2 for r in told]) >= 0.95
+    assert np.mean([len(r.text) == 2 for r in free]) < 0.95  # (so the prior did something)
+    right_free = sum(n.text == r.text for n, r in zip(numbers, free, strict=True))
+    right_told = sum(n.text == r.text for n, r in zip(numbers, told, strict=True))
+    assert right_told >= right_free + 3, (right_free, right_told)
+    with pytest.raises(ValueError):
+        classifier.read_number(numbers[0].image, digits=0)
+
+
+def test_confidence_drops_when_the_segmentation_is_unsure(classifier, mnist_test):
+    """The string confidence includes the segmentation's certainty: readings with the wrong number of
+    digits score clearly lower than right ones."""
+    images, labels = mnist_test
+    rng = np.random.default_rng(34)
+    numbers = [mnist_number(images, labels, rng, spacing="touching", share=0.4) for _ in range(60)]
+    readings = classifier.read_numbers([n.image for n in numbers])
+    right = [r.confidence for n, r in zip(numbers, readings, strict=True) if r.text == n.text]
+    miscounted = [r.confidence for n, r in zip(numbers, readings, strict=True) if len(r.text) != len(n.text)]
+    assert len(right) >= 10 and len(miscounted) >= 5
+    assert np.median(miscounted) < np.median(right) - 0.2, (np.median(miscounted), np.median(right))
+    product = [np.prod([d.confidence for d in r.digits]) for r in readings]
+    assert all(r.confidence <= p + 1e-6 for r, p in zip(readings, product, strict=True))
+
+
+def test_single_digit_path_says_when_an_image_holds_a_number(tmp_path, mnist_test):
+    """Without --number a wide image of several digits still gets one answer, but JSON says digits_seen
+    and stderr suggests --number; a single digit says nothing of the kind."""
+    photo = next(p for p in NUMBER_EXAMPLES if p.stem.startswith("photo"))
+    digit = save(Image.fromarray(mnist_test[0][0]), tmp_path / "digit.png")
+    result = cli("--json", str(photo), digit)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    assert records[0]["digits_seen"] == len(photo.stem.split("-")[-1])
+    assert "digits_seen" not in records[1]
+    hints = result.stderr.decode().splitlines()
+    assert len(hints) == 1 and str(photo) in hints[0] and "--number" in hints[0]
+    usage = cli("--digits", "3", digit)
+    assert usage.returncode == 2 and b"--digits" in usage.stderr and len(usage.stderr.splitlines()) == 1
+
+
+def test_number_save_input_draws_boxes_and_each_digit_input(classifier, tmp_path):
+    """--number --save-input DIR: per image a picture with the digits' boxes and their 28x28 inputs,
+    exactly what the model saw (before, DIR stayed empty)."""
+    out = tmp_path / "seen"
+    example = NUMBER_EXAMPLES[0]
+    result = cli("--number", "--json", "--digits", "5", "--save-input", str(out), str(example))
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["number"] == example.stem.split("-")[-1]
+    picture = np.asarray(Image.open(out / f"{example.stem}.png").convert("L"))
+    reading = classifier.read_number(example, digits=5)
+    drawn_height = round(
+        Image.open(example).height
+        * min(IMAGE_WIDTH / Image.open(example).width, IMAGE_HEIGHT / Image.open(example).height, 4.0)
+    )
+    for k, digit in enumerate(reading.inputs):
+        left, top, right, bottom = input_panel_box(k, drawn_height)
+        expected = np.asarray(
+            Image.fromarray(input_pixels(digit)).resize((right - left, bottom - top), Image.Resampling.NEAREST)
+        )
+        assert np.array_equal(picture[top:bottom, left:right], expected), k
