@@ -490,6 +490,9 @@ def _ruling(strong: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int]]] | No
         length = span[-1] + 1 - span[0]
         if r1 - r0 <= max(2.0, LINE_THICK * rest_height) and length >= LINE_OVER_INK * rest_height:
             lines[r0:r1] |= long[r0:r1]
+            # and its rim: the faint edge rows of a blurred line break into specks that would join up
+            a, b = max(r0 - 1, 0), min(r1 + 1, lines.shape[0])
+            lines[a:b, span[0] : span[-1] + 1] |= strong[a:b, span[0] : span[-1] + 1]
             thickness = max(thickness, r1 - r0)
     if not lines.any():
         return None
@@ -578,7 +581,9 @@ def _ticks(
     ticks = np.zeros_like(strong)
     for x0, x1, _ in segments:
         if x1 - x0 <= 6 * thickness + 6 and min(abs((x0 + x1) / 2 - p) for p in places) <= 0.1 * gap + 1:
-            ticks[:, x0:x1] = on_line[x0:x1].T
+            rows = np.flatnonzero(on_line[x0:x1].any(0))  # the tick's extent, and its rim column each side
+            a, b = max(x0 - 1, 0), x1 + 1
+            ticks[rows[0] : rows[-1] + 1, a:b] = strong[rows[0] : rows[-1] + 1, a:b]
     fields = [(int(places[k]) + 1, int(places[k + 1])) for k in range(len(places) - 1)]
     return ticks, fields
 

@@ -15,6 +15,7 @@ RGB), on white (L), or drawn on a transparent canvas (RGBA).
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -256,3 +257,49 @@ def form_number(
     image = Image.fromarray(np.clip(rgb * 255, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.5))
     text = "".join(str(int(labels[i])) for i in indices)
     return NumberImage(image, text, boxes, ["apart"] * (length - 1))
+
+
+def photograph(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """An image as a phone would give it: tilted up to 3 degrees, enlarged 2-3x (the digits fill a fifth
+    of a big frame, so load_image shrinks it back), a warm cast and JPEG at quality 60-85."""
+    a = np.asarray(image.convert("RGB"))
+    # more paper around it first (its edge continued), so that the tilt uncovers no blank corners
+    pad = int(np.ceil(np.sin(np.radians(3)) * max(a.shape))) + 2
+    padded = Image.fromarray(np.pad(a, ((pad, pad), (pad, pad), (0, 0)), mode="edge"))
+    tilted = padded.rotate(float(rng.uniform(-3, 3)), Image.Resampling.BICUBIC)
+    tilted = tilted.crop((pad // 2, pad // 2, tilted.width - pad // 2, tilted.height - pad // 2))
+    factor = float(rng.uniform(2, 3))
+    big = tilted.resize((int(tilted.width * factor), int(tilted.height * factor)), Image.Resampling.BICUBIC)
+    cast = np.asarray(big, np.float32) * np.array([1.0, 0.97, 0.9], np.float32)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(cast, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=int(rng.integers(60, 86)))
+    return Image.open(io.BytesIO(buffer.getvalue()))
+
+
+def unipen_digits(path: Path, held_out: bool = True, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """UNIPEN 1a digits drawn as images (uint8 [N, size, size], ink bright, as MNIST) and their labels,
+    from the writers held out here (writer % 6 == 5: about a sixth, never a digit of the others), or
+    the others. Each digit's pen strokes are fitted into 80 % of the frame at a 3-5 % pen width."""
+    data = np.load(path)
+    points, strokes, samples = data["points"], data["stroke_offsets"], data["sample_offsets"]
+    keep = np.flatnonzero((data["writer"] % 6 == 5) == held_out)
+    out = np.zeros((len(keep), size, size), np.uint8)
+    for row, i in enumerate(keep):
+        xy = points[strokes[samples[i]] : strokes[samples[i + 1]]]
+        low, high = xy.min(0), xy.max(0)
+        scale = 0.8 * size / max(float((high - low).max()), 1e-6)
+        layer = Image.new("L", (size, size), 0)
+        pen = ImageDraw.Draw(layer)
+        width = max(1, round(size * (0.03 + 0.02 * (i % 3) / 2)))
+        offset = (size - (high - low) * scale) / 2
+        for j in range(samples[i], samples[i + 1]):
+            stroke = points[strokes[j] : strokes[j + 1]]
+            xs = (stroke[:, 0] - low[0]) * scale + offset[0]
+            ys = size - ((stroke[:, 1] - low[1]) * scale + offset[1])  # y up in the tablet's units
+            line = list(zip(xs.tolist(), ys.tolist(), strict=True))
+            if len(line) == 1:
+                pen.ellipse([xs[0] - width / 2, ys[0] - width / 2, xs[0] + width / 2, ys[0] + width / 2], fill=255)
+            else:
+                pen.line(line, fill=255, width=width, joint="curve")
+        out[row] = np.asarray(layer)
+    return out, data["labels"][keep]
