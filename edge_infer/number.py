@@ -48,6 +48,9 @@ __all__ = ["DigitPrediction", "NumberReading", "NumberPlan", "count_digits", "de
 SEG_INK = 0.1  # ink-map level that makes a pixel part of a stroke for labelling (faint rims join later)
 SPECK_AREA = 0.04  # components smaller than this fraction of the largest one are specks...
 SPECK_SIZE = 0.2  # ... and so are those whose longest side is below this fraction of the tallest one
+FRAGMENT = 0.5  # a blob lower than this x the typical one is a fragment or a stray mark...
+SLIVER = 0.75  # and so is a thin one (width < 0.35 x its height) lower than this x the typical one (not a 1)
+FRAGMENT_GAP = 0.3  # ... joined to a neighbour this x the typical height away at most, else left out
 MERGE_OVERLAP = 0.5  # components sharing this fraction of the narrower one's columns are one digit
 SPLIT_ASPECT = 0.75  # blobs wider than this x their height may hold several digits
 MIN_PART = 0.12  # a piece between two cuts is at least this x the blob height wide (a narrow 1)
@@ -137,7 +140,7 @@ def plan_number(image: ImageInput) -> NumberPlan:
         )
     digits: list[np.ndarray] = []
     kept = [boxes[i] for i in keep]
-    groups = _blobs(kept)
+    groups = _with_fragments_joined(_blobs(kept), kept)
     if fields:
         groups, outside = _in_fields(kept, fields)
         mass = np.array([strong[:, a:b].sum() for a, b in fields], float)
@@ -418,6 +421,39 @@ def _blobs(boxes: list[tuple[int, int, int, int]]) -> list[list[int]]:
     for i in order:
         groups.setdefault(root(i), []).append(i)
     return sorted(groups.values(), key=lambda g: min(boxes[i][0] for i in g))
+
+
+def _with_fragments_joined(groups: list[list[int]], boxes: list[tuple[int, int, int, int]]) -> list[list[int]]:
+    """A blob less than FRAGMENT x the typical blob height high (or a SLIVER) is a piece of a digit that broke apart
+    (a loop's end, the top of a 5) or a stray mark: it joins the nearer neighbour within FRAGMENT_GAP x
+    that height, or is left out (a full stop, a dot of dust), rather than read as a digit of its own."""
+    if len(groups) < 2:
+        return groups
+    spans = [
+        (
+            min(boxes[i][0] for i in g),
+            min(boxes[i][1] for i in g),
+            max(boxes[i][2] for i in g),
+            max(boxes[i][3] for i in g),
+        )
+        for g in groups
+    ]
+    typical = float(np.median([y1 - y0 for _, y0, _, y1 in spans]))
+    full = [
+        k
+        for k, (x0, y0, x1, y1) in enumerate(spans)
+        if y1 - y0 >= FRAGMENT * typical and not (y1 - y0 < SLIVER * typical and x1 - x0 < 0.35 * (y1 - y0))
+    ]
+    if not full:
+        return groups
+    joined = {k: list(groups[k]) for k in full}
+    for k, (x0, _, x1, _) in enumerate(spans):
+        if k in joined:
+            continue
+        gap, nearest = min((max(spans[j][0] - x1, x0 - spans[j][2], 0), j) for j in full)
+        if gap <= FRAGMENT_GAP * typical:
+            joined[nearest] += groups[k]
+    return [joined[k] for k in full]
 
 
 def _in_fields(boxes: list[tuple[int, int, int, int]], fields: list[tuple[int, int]]) -> tuple[list[list[int]], int]:
