@@ -129,7 +129,8 @@ def hard(
     classifier: Classifier, images: np.ndarray, labels: np.ndarray, strings: int, data_dir
 ) -> tuple[list[list[object]], dict[str, dict[str, float]]]:
     """Issue 19's conditions: forms (boxes, comb fields, underlines, ruled paper; lines 1-4 px in black,
-    grey or a dropout colour, a third of the digits crossing a line), 40 % of neighbours touching or
+    grey or a dropout colour, a third of the digits crossing a line; boxes and comb fields photographed
+    too), 40 % of neighbours touching or
     overlapping, photographed strings, and UNIPEN writers held out here (writer % 6 == 5)."""
     rows, results = [], {}
     forms = (
@@ -143,6 +144,13 @@ def hard(
         numbers = [form_number(images, labels, rng, style=style) for _ in range(strings)]
         results[style] = r = _score(classifier, numbers)
         rows.append(_row("MNIST test, 5 digits", f"on {name}, 1/3 crossing a line", r))
+    for k, (style, name) in enumerate(forms[:2]):
+        rng = np.random.default_rng(240 + k)
+        numbers = [form_number(images, labels, rng, style=style) for _ in range(strings)]
+        for number in numbers:
+            number.image = photograph(number.image, rng)
+        results[f"{style} photographed"] = r = _score(classifier, numbers)
+        rows.append(_row("MNIST test, 5 digits", f"on {name}, photographed", r))
     for k, spacing in enumerate(("touching", "overlapping")):
         rng = np.random.default_rng(210 + k)
         numbers = [

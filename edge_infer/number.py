@@ -69,6 +69,8 @@ LINE_THICK = 0.2  # ... and is at most this x that height thick
 TICK_LENGTH = 0.2  # box separators / comb ticks: vertical strokes from a line at least this x that height...
 TICK_SPREAD = 0.1  # ... alike in length (within this share, being printed) and evenly spaced
 FILLED_BOX = 0.2  # a form's box holds a digit when it has this share of a typical box's ink
+MAX_TILT = 4.0  # printed lines are looked for up to this many degrees off level (a photographed form)...
+TILT_GAIN = 1.15  # ... when the ink's rows line up this much better there
 MAX_TICKS = 64  # more evenly spaced vertical strokes than this are not a form's boxes
 SEG_SHARPNESS = 3.0  # a blob's count certainty: softmax of this x the best score of each digit count
 DROP_COST = 6.0  # with a known digit count: log-score cost of reading a blob as no digit (a stray mark)
@@ -124,7 +126,7 @@ def plan_number(image: ImageInput) -> NumberPlan:
     if ink is None:
         return plan
     strong = ink >= SEG_INK
-    ruling = _ruling(strong)
+    ruling = _ruling_at_any_tilt(strong)
     fields: list[tuple[int, int]] = []
     if ruling is not None:
         removed, fields = ruling
@@ -562,6 +564,36 @@ def _evenly_spaced(middles: list[float], least_gap: float) -> tuple[float, float
             if hits > best[0]:
                 best = (hits, first, (last - first) / round((last - first) / gap))
     return (best[1], best[2]) if best[0] >= 3 else None
+
+
+def _ruling_at_any_tilt(strong: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int]]] | None:
+    """_ruling on a photographed form: when the ink's rows line up best at a tilt (up to MAX_TILT degrees,
+    the peak of the row projection at least TILT_GAIN x the untilted one), on the mask straightened by
+    two shears (each a bijection, so no pixel is lost or doubled), mapped back."""
+    ys, xs = np.nonzero(strong)
+    if ys.size == 0:
+        return None
+    peaks = {}
+    for degrees in np.arange(-MAX_TILT, MAX_TILT + 0.01, 0.5):
+        shifted = ys - np.round(xs * math.tan(math.radians(degrees))).astype(np.int64)
+        peaks[float(degrees)] = int(np.bincount(shifted - shifted.min()).max())
+    tilt = max(peaks, key=lambda d: (peaks[d], -abs(d)))
+    if tilt == 0.0 or peaks[tilt] < TILT_GAIN * peaks[0.0]:
+        return _ruling(strong)
+    t = math.tan(math.radians(tilt))
+    yy, xx = np.indices(strong.shape)
+    x1 = xx + np.round(yy * t).astype(np.int64)  # verticals upright (row by row: a bijection)...
+    x1 -= x1.min()
+    y2 = yy - np.round(x1 * t).astype(np.int64)  # ... then rows level (column by column)
+    y2 -= y2.min()
+    straight = np.zeros((int(y2.max()) + 1, int(x1.max()) + 1), bool)
+    straight[y2, x1] = strong
+    found = _ruling(straight)
+    if found is None:
+        return None
+    removed, fields = found
+    shift = int(x1[int(ys.mean()), 0])  # a box's columns, at the ink's middle row
+    return removed[y2, x1], [(a - shift, b - shift) for a, b in fields]
 
 
 def _crossing(strong: np.ndarray, printed: np.ndarray, lines: np.ndarray) -> np.ndarray:

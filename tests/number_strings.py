@@ -212,7 +212,7 @@ def form_number(
     colour = colour or LINE_COLOURS[int(rng.integers(len(LINE_COLOURS)))]
     margin = int(cell)
     canvas_w = int(margin * 2 + cell * length + (0 if style in ("boxes", "comb") else cell * 0.5 * length))
-    canvas_h = int(box_h * 3)
+    canvas_h = int(box_h * 3.4)  # (ruled paper: a line a box below the base line, inside the page)
     top, base = int(box_h), int(2 * box_h)  # the field's top and base line
     ink = np.zeros((canvas_h, canvas_w), np.float32)
     lines = np.zeros_like(ink)
