@@ -58,6 +58,9 @@ MAX_CUTS = 7  # candidate cuts per blob, at most...
 CUTS_PER_HEIGHT = 3.0  # ... this many per blob height of its width
 CUT_DEPTH = 0.7  # a cut is tried only where the column projection is below this x its maximum
 PATH_ROWS = 40  # cut paths are searched at a resolution of at most this many rows per blob
+PAIR_ASPECT = (0.9, 2.0)  # a blob this wide for its height may be two touching digits...
+PAIR_CUTS = (0.35, 0.42, 0.5, 0.58, 0.65)  # ... cut at these shares of its width, besides the minima's cuts
+PAIR_WIDER = 1.3  # ... and, in a line of 3 or more blobs, at least this x as wide as the typical one
 MAX_SPAN = 4  # a candidate digit spans at most this many pieces
 WIDE_ASPECT = 0.75  # a candidate digit wider than this x its height is likely two digits...
 WIDE_COST = 4.0  # ... and costs this much log-score per unit of aspect beyond it
@@ -113,6 +116,8 @@ class NumberPlan:
     boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
     blobs: list[tuple[int, dict[tuple[int, int], tuple[int, float]]]] = field(default_factory=list)
     aspects: list[float] = field(default_factory=list)  # per candidate: its width / its height
+    pairs: list[list[tuple[int, int, float]]] = field(default_factory=list)  # per blob: two-digit readings
+    # (left candidate, right candidate, extra log-score) cut at fixed shares of its width (_pair_splits)
     filled_boxes: int | None = None  # on a form: how many of its boxes hold ink (the digit count, unless given)
 
 
@@ -148,7 +153,9 @@ def plan_number(image: ImageInput) -> NumberPlan:
         mass = np.array([strong[:, a:b].sum() for a, b in fields], float)
         filled = int((mass >= FILLED_BOX * np.median(mass[mass > 0] if mass.any() else mass)).sum())
         plan.filled_boxes = filled + outside
-    for group in groups:
+    widths = [max(kept[i][2] for i in g) - min(kept[i][0] for i in g) for g in groups]
+    typical_width = float(np.median(widths)) if len(groups) >= 3 else 0.0
+    for group, blob_width in zip(groups, widths, strict=True):
         ids = [keep[i] + 1 for i in group]
         x0 = min(boxes[i - 1][0] for i in ids)
         y0 = min(boxes[i - 1][1] for i in ids)
@@ -162,23 +169,36 @@ def plan_number(image: ImageInput) -> NumberPlan:
         member = (_box_sum3(_box_sum3(own) > 0) > 0) & ~((window > 0) & ~own)
         blob_ink = np.where(member, ink[y0:y1, x0:x1], 0.0).astype(np.float32)
         spans = _split_candidates(blob_ink, own)
-        if len(digits) + len(spans) > MAX_CANDIDATES:
+        pairs = _pair_splits(blob_ink, own) if blob_width >= PAIR_WIDER * typical_width else []
+        if len(digits) + len(spans) + 2 * len(pairs) > MAX_CANDIDATES:
             raise ImageError(
                 f"too many candidate digits for one line of digits (over {MAX_CANDIDATES}): is it a number?"
             )
-        table: dict[tuple[int, int], tuple[int, float]] = {}
-        for (start, end), (part, extra) in spans.items():
+
+        def candidate(part: np.ndarray, x0: int = x0, y0: int = y0) -> int | None:
+            """Add one candidate digit (its ink in the blob's window); its index, None when it holds no ink."""
             rows, cols = np.flatnonzero(part.any(1)), np.flatnonzero(part.any(0))
             if rows.size == 0:
-                continue
+                return None
             top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-            crop = part[top:bottom, left:right]
             plan.aspects.append((right - left) / (bottom - top))
-            table[(start, end)] = (len(digits), extra)
-            digits.append(ink_to_mnist(crop))
+            digits.append(ink_to_mnist(part[top:bottom, left:right]))
             plan.boxes.append(_source_box((x0 + left, y0 + top, x0 + right, y0 + bottom), scale, grey.shape))
+            return len(digits) - 1
+
+        table: dict[tuple[int, int], tuple[int, float]] = {}
+        for (start, end), (part, extra) in spans.items():
+            index = candidate(part)
+            if index is not None:
+                table[(start, end)] = (index, extra)
+        two: list[tuple[int, int, float]] = []
+        for left_part, right_part, extra in pairs:
+            i, j = candidate(left_part), candidate(right_part)
+            if i is not None and j is not None:
+                two.append((i, j, extra))
         if table:
             plan.blobs.append((max(end for _, end in table), table))
+            plan.pairs.append(two)
     if digits:
         plan.digits = np.stack(digits)
     return plan
@@ -213,6 +233,11 @@ def decide(plan: NumberPlan, predictions: list[Prediction], digits: int | None =
         for p, aspect in zip(predictions, plan.aspects, strict=True)
     ]
     per_blob = [_best_splits(table, pieces, gains) for pieces, table in plan.blobs]
+    for options, two in zip(per_blob, plan.pairs, strict=True):
+        for i, j, extra in two:  # the "two digits" hypothesis, scored by the model like any split
+            score = gains[i] + gains[j] + extra
+            if score > options.get(2, (-math.inf, []))[0]:
+                options[2] = (score, [i, j])
     counts = [max(options, key=lambda k: options[k][0]) if options else 0 for options in per_blob]
     digits = digits or plan.filled_boxes
     if digits:
@@ -698,6 +723,33 @@ def _split_candidates(ink: np.ndarray, own: np.ndarray) -> dict[tuple[int, int],
     return out
 
 
+def _pair_splits(ink: np.ndarray, own: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """A blob as wide as two touching digits (PAIR_ASPECT) read as two, cut at each of PAIR_CUTS of its
+    width (where the projection has no minimum, e.g. a 7's bar running into a 0): per cut the left and right
+    ink and the cut's extra log-score. The thinnest path near each place is taken, as for _cuts."""
+    rows, cols = np.flatnonzero(own.any(1)), np.flatnonzero(own.any(0))
+    height, width = rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]
+    if not PAIR_ASPECT[0] <= width / height <= PAIR_ASPECT[1]:
+        return []
+    radius = max(1, int(0.04 * width))
+    places = [cols[0] + int(share * width) for share in PAIR_CUTS]
+    paths, crossed = _thinnest_paths(ink, [(x - radius, x + radius + 1) for x in places])
+    stroke = _stroke(own)
+    xx = np.arange(ink.shape[1])[None, :]
+    least = MIN_PART * float(own.sum()) / 2
+    out = []
+    for path, cost in zip(paths, crossed, strict=True):
+        left = xx <= path[:, None]
+        if (own & left).sum() >= least and (own & ~left).sum() >= least:
+            out.append((np.where(left, ink, 0.0), np.where(left, 0.0, ink), -CUT_COST * cost / stroke - SPLIT_COST))
+    return out
+
+
+def _stroke(own: np.ndarray) -> float:
+    """The stroke width of a blob: its area over half its perimeter."""
+    return max(1.0, float(own.sum()) / max(1.0, float(_edges(own)) / 2))
+
+
 def _cuts(ink: np.ndarray, own: np.ndarray, height: int, left: int, right: int) -> tuple[list[np.ndarray], list[float]]:
     """Candidate cuts, left to right: per cut the column x(y) of each row (pixels at x <= x(y) go left)
     and its cost (ink crossed, in stroke widths, times CUT_COST, plus SPLIT_COST).
@@ -724,7 +776,7 @@ def _cuts(ink: np.ndarray, own: np.ndarray, height: int, left: int, right: int) 
         if all(abs(c - d) >= margin for d in chosen):
             chosen.append(c)
     chosen.sort()
-    stroke = max(1.0, float(own.sum()) / max(1.0, float(_edges(own)) / 2))  # area / half the perimeter
+    stroke = _stroke(own)
     radius = max(1, int(round(0.15 * height)))
     windows = [(max(c - radius, lo), min(c + radius + 1, hi)) for c in chosen]
     paths: list[np.ndarray] = []
