@@ -4,19 +4,27 @@
     predictions = classifier.classify(plan.digits)
     reading = decide(plan, predictions)      # NumberReading("40713", ...)
 
-Classifier.read_number / read_numbers run these three steps, with the candidates of a whole batch of
-images in one session.run. The single-digit preprocessing (edge_infer.preprocess) is reused: the image is
-loaded, made grey and turned into an ink map (polarity, background removal) once, then each digit's own
-crop of that ink map goes through ink_to_mnist, so every digit is fitted into 20x20 at its own size.
+Classifier.read_number / read_numbers run these three steps, with the candidates of many images in one
+session.run (CLASSIFY_BATCH at a time, so memory stays bounded). The single-digit preprocessing
+(edge_infer.preprocess) is reused: the image is loaded, made grey and turned into an ink map (polarity,
+background removal) once, then each digit's own crop of that ink map goes through ink_to_mnist, so every
+digit is fitted into 20x20 at its own size.
 
 Segmentation, on the ink map at load_image's working size (<= 512 px):
-  1. connected components of the ink (8-connected, pure numpy + a small union-find), specks dropped;
-  2. components whose columns overlap (a 5's detached bar, the pieces of a broken stroke) form one blob;
+  0. printed lines (ruling, underlines, a form's box rows, separators and comb ticks) are removed, keeping
+     ink that crosses them; on a photographed form they are found at the tilt where the ink lines up;
+  1. connected components of the ink (8-connected, pure numpy + a small union-find), specks dropped (at
+     most MAX_MARKS of them, else the image is refused);
+  2. components whose columns overlap (a 5's detached bar, the pieces of a broken stroke) form one blob
+     (a left-to-right sweep); low fragments join a neighbour or are left out; on a form, one blob per box;
   3. a blob too wide for one digit (touching or overlapping digits) gets candidate cuts: the thinnest
-     top-to-bottom path near each minimum of its column projection;
-  4. every run of consecutive pieces between two cuts is a candidate digit; the classifier reads them all,
-     and per blob the split whose digits it reads best (sum of log confidences, less a cost for cutting
-     through ink and for too-wide digits) wins. Blobs are read left to right.
+     top-to-bottom path near each minimum of its column projection, and for a blob as wide as two digits
+     also near fixed shares of its width (the "two digits" hypothesis);
+  4. every run of consecutive pieces between two cuts is a candidate digit (at most MAX_CANDIDATES per
+     image); the classifier reads them all, and per blob the split whose digits it reads best (sum of log
+     confidences, less a cost for cutting through ink and for too-wide digits) wins, or, when the digit
+     count is known (digits=N, or a form's filled boxes), the splits of all blobs that give N. Blobs are
+     read left to right; the string's confidence includes how sure each blob's digit count was.
 Only numpy, Pillow and the standard library are used.
 """
 
