@@ -39,7 +39,7 @@ except ImportError:
         from hashlib import sha256
 
 if TYPE_CHECKING:
-    from edge_infer.number import NumberReading
+    from edge_infer.number import NumberPlan, NumberReading
 
 T = TypeVar("T")
 
@@ -365,25 +365,47 @@ class Classifier:
         predictions = iter(self.classify(np.stack(digits)) if digits else [])
         return [digit if isinstance(digit, ImageError) else next(predictions) for digit in prepared]
 
-    def read_number(self, image: ImageInput) -> NumberReading:
-        """Read all the digits of one line of digits (a number) in one image; see edge_infer.number."""
-        reading = self.read_numbers([image])[0]
+    def read_number(self, image: ImageInput, digits: int | None = None) -> NumberReading:
+        """Read all the digits of one line of digits (a number) in one image; see edge_infer.number.
+        digits: how many digits the number has, when the caller knows (a form's field): the segmentation
+        that gives that many is preferred."""
+        reading = self.read_numbers([image], digits=digits)[0]
         assert not isinstance(reading, Exception)  # errors="raise"
         return reading
 
     def read_numbers(
-        self, images: Sequence[ImageInput] | Iterable[ImageInput], errors: str = "raise"
+        self, images: Sequence[ImageInput] | Iterable[ImageInput], errors: str = "raise", digits: int | None = None
     ) -> list[NumberReading | ImageError]:
-        """read_number for many images, all their candidate digits in one session.run. errors="raise" raises
-        ImageError on the first unreadable image; errors="return" puts the ImageError in its place instead
-        (as predict_many does)."""
-        from edge_infer.number import all_digits, decide_all, plan_number  # the number reader loads only when used
+        """read_number for many images, their candidate digits in one session.run per CLASSIFY_BATCH of them
+        (so memory stays bounded whatever the images). errors="raise" raises ImageError on the first
+        unreadable image; errors="return" puts the ImageError in its place instead (as predict_many does)."""
+        from edge_infer.number import CLASSIFY_BATCH, all_digits, decide_all, plan_number  # loaded only when used
 
-        plans = read_each(images, plan_number, errors)
-        good = [plan for plan in plans if not isinstance(plan, ImageError)]
-        digits = all_digits(good)
-        readings = iter(decide_all(good, self.classify(digits) if len(digits) else []))
-        return [plan if isinstance(plan, ImageError) else next(readings) for plan in plans]
+        if digits is not None and not 1 <= digits <= 100:
+            raise ValueError(f"digits must lie in [1, 100], not {digits}")
+        results: list[NumberReading | ImageError | NumberPlan] = []  # a plan waits in its slot until decided
+        waiting: list[int] = []  # slots of the plans not yet classified
+        candidates = 0  # their candidate digits
+
+        def classify_waiting() -> None:
+            plans = [cast("NumberPlan", results[slot]) for slot in waiting]
+            found = all_digits(plans)
+            readings = decide_all(plans, self.classify(found) if len(found) else [], digits)
+            for slot, reading in zip(waiting, readings, strict=True):
+                results[slot] = reading
+            waiting.clear()
+
+        for image in images:
+            (plan,) = read_each([image], plan_number, errors)
+            if not isinstance(plan, ImageError):
+                waiting.append(len(results))
+                candidates += len(plan.digits)
+            results.append(plan)
+            if candidates >= CLASSIFY_BATCH:
+                classify_waiting()
+                candidates = 0
+        classify_waiting()
+        return cast("list[NumberReading | ImageError]", results)
 
 
 def read_each(images: Iterable[ImageInput], read: Callable[[ImageInput], T], errors: str) -> list[T | ImageError]:

@@ -49,6 +49,7 @@ class Options:
     info: bool = False
     min_confidence: float = 0.0
     number: bool = False  # read each image as one number (a line of digits)
+    digits: int | None = None  # with --number: how many digits each number has, when known
     graph_file: str | None = None  # draw the model's graph here (.svg or .png)
     save_dir: str | None = None  # write what the model saw, per image, into this directory
     quiet: bool = False  # no progress bar
@@ -178,8 +179,9 @@ def _round(value: float) -> float:
     return round(float(value), 6)
 
 
-def digit_record(path: str, prediction: Prediction, top_k: int) -> dict[str, Any]:
-    """The --json record of one digit (also what `edge-infer serve` answers); path as given."""
+def digit_record(path: str, prediction: Prediction, top_k: int, digits_seen: int = 1) -> dict[str, Any]:
+    """The --json record of one digit (also what `edge-infer serve` answers); path as given. digits_seen: how
+    many digits the image seems to hold (said when more than one)."""
     record: dict[str, Any] = {
         "path": display(path),
         "label": prediction.label if prediction.label >= 0 else None,
@@ -190,17 +192,19 @@ def digit_record(path: str, prediction: Prediction, top_k: int) -> dict[str, Any
         record["no_digit"] = True
     elif prediction.unsure:
         record["unsure"], record["guess"] = True, prediction.guess
+    if digits_seen > 1:
+        record["digits_seen"] = digits_seen
     if top_k > 1:
         record["top_k"] = [[d, _round(p)] for d, p in prediction.top_k(top_k)]
     return record
 
 
-def format_line(path: str, prediction: Prediction, top_k: int, as_json: bool) -> str:
-    """One output line; path as given (it is escaped here with display())."""
+def format_line(path: str, prediction: Prediction, top_k: int, as_json: bool, digits_seen: int = 1) -> str:
+    """One output line; path as given (it is escaped here with display()). digits_seen: see digit_record."""
     if as_json:
         import json
 
-        return json.dumps(digit_record(path, prediction, top_k), allow_nan=False)
+        return json.dumps(digit_record(path, prediction, top_k, digits_seen), allow_nan=False)
     if not prediction.digit_found:
         return f"{display(path)}\t-\t0.0000"
     label = prediction.label if prediction.label >= 0 else "-"  # '-': not sure (below --min-confidence)
@@ -209,13 +213,13 @@ def format_line(path: str, prediction: Prediction, top_k: int, as_json: bool) ->
 
 
 def read_number_chunks(
-    classifier: Classifier, paths: list[str], stdin: bytes | None = None
+    classifier: Classifier, paths: list[str], stdin: bytes | None = None, digits: int | None = None
 ) -> Generator[NumberReading | ImageError, None, None]:
-    """--number: a reading or an ImageError for each path, CHUNK images per read_numbers (one session.run)."""
+    """--number: a reading or an ImageError for each path, CHUNK images per read_numbers."""
     for start in range(0, len(paths), CHUNK):
         chunk = paths[start : start + CHUNK]
         images: list[ImageInput] = [stdin if path == "-" and stdin is not None else path for path in chunk]
-        yield from classifier.read_numbers(images, errors="return")
+        yield from classifier.read_numbers(images, errors="return", digits=digits)
 
 
 def number_record(path: str, reading: NumberReading) -> dict[str, Any]:
@@ -286,6 +290,65 @@ def error_record(path: str, error: ImageError) -> dict[str, Any]:
     return {"path": display(path), "error": str(error)}
 
 
+def _save_picture(
+    image: ImageInput, path: str, result: Prediction | NumberReading, save_dir: str, used: dict[str, int]
+) -> bool:
+    """--save-input: what the model saw of one image (input_picture's, or for --number number_picture's)
+    into save_dir; False, with a one-line message, when it cannot be written."""
+    from edge_infer.input_picture import save_explanation, save_picture  # Pillow's drawing: only when asked for
+
+    try:
+        if isinstance(result, Prediction):
+            save_explanation(image, path, result, save_dir, used)
+        else:
+            from edge_infer.number_picture import explain_number
+
+            save_picture(explain_number(image, result), path, save_dir, used)
+    except (OSError, ValueError) as error:
+        sys.stderr.write(
+            f"{PROG}: {display(path)}: cannot save its picture in {save_dir}: "
+            f"{getattr(error, 'strerror', None) or error}\n"
+        )
+        return False
+    return True
+
+
+HINTS_SHOWN = 3  # "seems to hold several digits" hints on stderr, at most, then one line that more were
+
+
+def _digits_seen(image: str | bytes) -> int:
+    """How many digits an image classified as one digit seems to hold: counted (edge_infer.number) only
+    for files of at least 1 KiB (a 28x28 digit is smaller: bulk MNIST-like runs pay one stat) that are at
+    least WIDE_IMAGE times as wide as high (the others pay a header read, ~90 us)."""
+    try:
+        if (len(image) if isinstance(image, bytes) else os.stat(image).st_size) < 1024:
+            return 1
+    except (OSError, ValueError):
+        return 1
+    import io
+
+    from PIL import Image
+
+    from edge_infer.number import WIDE_IMAGE, count_digits
+
+    try:
+        with Image.open(image if isinstance(image, str) else io.BytesIO(image)) as header:
+            if header.width < WIDE_IMAGE * header.height:
+                return 1
+        return count_digits(image)
+    except Exception:  # the image was read once already; a second look that fails changes nothing
+        return 1
+
+
+def _hint(path: str, seen: int, hints: int) -> None:
+    if hints <= HINTS_SHOWN:
+        sys.stderr.write(
+            f"{PROG}: hint: {display(path)} seems to hold {seen} digits; to read them all as a number, use --number\n"
+        )
+    elif hints == HINTS_SHOWN + 1:
+        sys.stderr.write(f"{PROG}: hint: more images seem to hold several digits (--json says digits_seen)\n")
+
+
 def format_error(path: str, error: ImageError, as_json: bool) -> str:
     if as_json:
         import json
@@ -330,6 +393,8 @@ def run(paths: tuple[str, ...] | list[str], options: Options) -> None:
         _die("stdin ('-') can be read only once")
     if options.number and options.top_k > 1:
         _die("--top-k applies to single digits, not to --number")
+    if options.digits is not None and not options.number:
+        _die("--digits applies to --number (how many digits each number has)")
     if options.int8 and options.model:
         _die("--int8 selects the bundled int8 model; with --model, pass your int8 file itself")
     if options.graph_file:
@@ -350,7 +415,6 @@ def run(paths: tuple[str, ...] | list[str], options: Options) -> None:
         return
     if options.save_dir:
         _make_dir(options.save_dir)
-        from edge_infer.input_picture import save_explanation  # Pillow's drawing code: only when asked for
 
     stdin = sys.stdin.buffer.read() if "-" in paths else None
     jobs = options.jobs or usable_cpus()
@@ -359,7 +423,7 @@ def run(paths: tuple[str, ...] | list[str], options: Options) -> None:
         _refuse_shadowing(options.save_dir, [path for path, _ in inputs])
     good = [path for path, error in inputs if error is None]
     predicted: Generator[Prediction | NumberReading | ImageError, None, None] = (
-        read_number_chunks(classifier, good, stdin)
+        read_number_chunks(classifier, good, stdin, options.digits)
         if options.number
         else classify_all(good, stdin, classifier, options.classifier_options(), jobs)
     )
@@ -367,6 +431,7 @@ def run(paths: tuple[str, ...] | list[str], options: Options) -> None:
     lines: list[str] = []
     bar = ProgressBar(len(inputs), enabled=not options.quiet)
     saved_names: dict[str, int] = {}  # picture name -> next number to try (see save_explanation)
+    hints = 0  # images that seem to hold several digits, read as one
     try:
         for index, (path, refused) in enumerate(inputs, 1):
             result = refused if refused is not None else next(predicted)
@@ -377,22 +442,21 @@ def run(paths: tuple[str, ...] | list[str], options: Options) -> None:
                 sys.stderr.write(format_error(path, result, False) + "\n")
                 if options.as_json:
                     lines.append(format_error(path, result, True))
-            elif options.number:
-                lines.append(format_number(path, cast("NumberReading", result), options.as_json))
             else:
-                assert isinstance(result, Prediction)  # without --number every result is a Prediction
-                lines.append(format_line(path, result, options.top_k, options.as_json))
-                if options.save_dir:
-                    image = stdin if path == "-" and stdin is not None else path  # (stdin is read when "-" is given)
-                    try:
-                        save_explanation(image, path, result, options.save_dir, saved_names)
-                    except (OSError, ValueError) as error:
-                        failed = True
+                image = stdin if path == "-" and stdin is not None else path  # (stdin is read when "-" is given)
+                if options.number:
+                    lines.append(format_number(path, cast("NumberReading", result), options.as_json))
+                else:
+                    assert isinstance(result, Prediction)  # without --number every result is a Prediction
+                    seen = _digits_seen(image) if result.digit_found else 1
+                    lines.append(format_line(path, result, options.top_k, options.as_json, seen))
+                    if seen > 1:
+                        hints += 1
                         bar.clear()
-                        sys.stderr.write(
-                            f"{PROG}: {display(path)}: cannot save its picture in {options.save_dir}: "
-                            f"{getattr(error, 'strerror', None) or error}\n"
-                        )
+                        _hint(path, seen, hints)
+                if options.save_dir and not _save_picture(image, path, result, options.save_dir, saved_names):
+                    failed = True
+                    bar.clear()
             if lines and (index % FLUSH_EVERY == 0 or index == len(inputs)):
                 bar.clear()  # stdout may be the same terminal
                 sys.stdout.write("\n".join(lines) + "\n")
@@ -465,8 +529,16 @@ def _command() -> click.Command:
     @click.option(
         "--number",
         is_flag=True,
-        help="Read each image as one number (a line of digits): path, digits, "
-        "confidence (the product of the digits'); with --json also each digit's label, confidence and box.",
+        help="Read each image as one number (a line of digits): path, digits ('?' below --min-confidence), "
+        "confidence (the digits' and the segmentation's); with --json also each digit's label, confidence "
+        "and box.",
+    )
+    @click.option(
+        "--digits",
+        type=click.IntRange(1, 100),
+        default=defaults.digits,
+        metavar="N",
+        help="With --number: each number has N digits (a form's field); the segmentation giving N is preferred.",
     )
     @click.option("--info", is_flag=True, help="Print the model's metadata and exit.")
     @click.option(
@@ -482,8 +554,8 @@ def _command() -> click.Command:
         metavar="DIR",
         default=defaults.save_dir,
         help="Write a new DIR/<image name>.png for each image (a name already taken gets -2, -3, ...; "
-        "nothing is overwritten): the original, "
-        "the 28x28 input the model saw, and the top-3 probabilities.",
+        "nothing is overwritten): the original, the 28x28 input the model saw, and the top-3 probabilities; "
+        "with --number the image with each digit's box and label, and each digit's 28x28 input.",
     )
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar (shown only on a terminal, for many images).")
     @click.version_option(package_name="edge-infer")

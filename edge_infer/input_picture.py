@@ -22,7 +22,7 @@ from edge_infer.draw_graph import load_font
 from edge_infer.files import save_new_file
 from edge_infer.preprocess import ImageInput, load_image, preprocess
 
-__all__ = ["PANEL", "SCALE", "explain", "input_pixels", "model_input_box", "save_explanation"]
+__all__ = ["PANEL", "SCALE", "explain", "input_pixels", "model_input_box", "save_explanation", "save_picture"]
 
 SCALE = 6  # each model-input pixel becomes SCALE x SCALE screen pixels
 PANEL = 28 * SCALE  # every panel is PANEL x PANEL
@@ -104,13 +104,20 @@ def save_explanation(
     out_dir: str | os.PathLike[str],
     used: dict[str, int] | None = None,
 ) -> Path:
-    """explain() into a new file out_dir/<image name>.png ('stdin.png' for '-'). A name already taken (by an
-    earlier image, an earlier run, or anything else in out_dir) gets -2, -3, ...: nothing there is ever
-    replaced or written through (edge_infer.files.save_new_file). `used` (stem -> next number to try) saves
-    retrying the names this run took already."""
+    """explain() into a new file out_dir/<image name>.png ('stdin.png' for '-'): see save_picture."""
+    return save_picture(explain(image, prediction=prediction), display_path, out_dir, used)
+
+
+def save_picture(
+    picture: Image.Image, display_path: str, out_dir: str | os.PathLike[str], used: dict[str, int] | None = None
+) -> Path:
+    """A picture about one input into a new file out_dir/<image name>.png ('stdin.png' for '-'). A name already
+    taken (by an earlier image, an earlier run, or anything else in out_dir) gets -2, -3, ...: nothing there is
+    ever replaced or written through (edge_infer.files.save_new_file). `used` (stem -> next number to try)
+    saves retrying the names this run took already."""
     stem = ("stdin" if display_path == "-" else Path(display_path).stem or "image")[:MAX_STEM]
     buffer = io.BytesIO()
-    explain(image, prediction=prediction).save(buffer, format="PNG")
+    picture.save(buffer, format="PNG")
     used = {} if used is None else used
     name, count = save_new_file(out_dir, stem, ".png", buffer.getvalue(), used.get(stem, 1))
     used[stem] = count + 1
