@@ -462,37 +462,52 @@ def _small_flat_crop(g: np.ndarray) -> np.ndarray | None:
     renders, clean scans and drawings) and that has ink against it; None otherwise (then ink_map may still
     find ink against the corners).
 
-    Same arithmetic as ink_map + _crop with a flat background and zero noise, so the same values: but the
-    bounding box comes straight from comparing g with the paper's level, and the float work is done on the
-    crop only, in a third of the numpy calls (their overhead, not arithmetic, is a small image's cost)."""
+    Same arithmetic as ink_map + _crop with a flat background and zero noise, so the same values, but in a
+    third of the numpy calls (their overhead, not arithmetic, is a small image's cost): one comparison with
+    the paper's level gives the border check, the bounding box and (mostly) the corners' check, and the float
+    work is done on the crop only."""
     h, w = g.shape
-    k = max(1, min(h, w) // 20)  # _fit_background's ring (its sample is g itself below 96 px)
-    ring = np.concatenate([g[:k].ravel(), g[-k:].ravel(), g[k:-k, :k].ravel(), g[k:-k, -k:].ravel()])
-    level = ring[0]
-    if not (ring == level).all():  # (also False for NaN)
+    level = g[0, 0]
+    differs = g != level  # (NaN differs from everything, so a NaN border leaves the fast path)
+    rows_differ, cols_differ = differs.any(1), differs.any(0)
+    k = max(1, min(h, w) // 20)  # _fit_background's ring (its sample is g itself below 96 px): constant?
+    if k == 1:
+        if rows_differ[0] or rows_differ[-1] or cols_differ[0] or cols_differ[-1]:
+            return None
+    elif rows_differ[:k].any() or rows_differ[-k:].any() or cols_differ[:k].any() or cols_differ[-k:].any():
         return None
-    if float(np.abs(_corner_patches(g) - float(level)).max()) > BORDER_NOT_PAPER:
-        return None  # the corners may overrule the fit: ink_map decides
-    lowest = g.min()
-    if lowest != lowest:  # NaN somewhere inside: the general path keeps its own rules for that
+    rows, cols = rows_differ.nonzero()[0], cols_differ.nonzero()[0]
+    if rows.size == 0:
+        return None  # blank: ink_map's own rules (the corners) say what that is
+    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    corner = max(1, min(h, w) // 8)  # _corner_patches' size: only where the box reaches a corner patch ...
+    if (top < corner or bottom > h - corner) and (left < corner or right > w - corner):
+        if float(np.abs(_corner_patches(g) - float(level)).max()) > BORDER_NOT_PAPER:
+            return None  # ... may a corner overrule the fit (ink_map decides)
+    crop = g[top:bottom, left:right]
+    lowest = crop.min()  # (everything outside the crop is at the level)
+    if lowest != lowest:  # NaN inside: the general path keeps its own rules for that
         return None
     dark = False
     if lowest < level:  # (as _ink_against: with nothing below the paper the ink is light, without sums)
         brighter, darker = _brighter_darker(g - level, 1e-4)
         dark = darker > brighter
-    mask = g < level if dark else g > level  # exactly where _ink_against's ink is > 0 (noise floor 0)
-    rows = np.flatnonzero(mask.any(1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(0))
-    r = g[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] - level
+        if not dark or crop.max() > level:  # ink on one side of the paper only: its box is the box above
+            mask = g < level if dark else g > level  # where _ink_against's ink is > 0 (noise floor 0)
+            rows_inked, cols_inked = mask.any(1).nonzero()[0], mask.any(0).nonzero()[0]
+            if rows_inked.size == 0:
+                return None
+            top, bottom = int(rows_inked[0]), int(rows_inked[-1]) + 1
+            left, right = int(cols_inked[0]), int(cols_inked[-1]) + 1
+            crop = g[top:bottom, left:right]
+    r = crop - level
     ink = np.subtract(-0.0, r, out=r) if dark else np.subtract(r, 0.0, out=r)  # (the noise floor, 0 here)
     np.maximum(ink, 0.0, out=ink)
-    inky = ink[mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]]
-    top = _percentile(inky, INK_PERCENTILE)
-    if top < MIN_CONTRAST:
+    inky = ink[ink > 0]
+    top_ink = _percentile(inky, INK_PERCENTILE)
+    if top_ink < MIN_CONTRAST:
         return None
-    ink /= top
+    ink /= top_ink
     return cast(np.ndarray, np.minimum(ink, 1.0, out=ink))
 
 
