@@ -7,7 +7,7 @@ to stderr):
 The report starts with the machine, the versions and the commit, then every table. README.md quotes no
 numbers from it, only the targets and where each stands; RESULTS.md is the record.
 
-Sections: 1 inference (torch vs onnxruntime fp32/int8), 2 CLI cold start, 3 bulk, 4 training (only with
+Sections: 1 inference (torch vs onnxruntime fp32/int8), 1b thread policy (idle and busy), 2 CLI cold start, 3 bulk, 4 training (only with
 --training: it runs three edge-train recipes, ~10 minutes, unless OUT already holds their histories),
 5 model sizes, 6 whole numbers. See benchmarks/README.md.
 """
@@ -25,6 +25,7 @@ import cold_start
 import inference
 import photo
 import sizes
+import threads
 import training
 import whole_numbers
 from benchlib import ROOT, add_common_args, machine_header
@@ -66,6 +67,8 @@ def main() -> None:
     progress("1. inference")
     body, models = inference.run(args.checkpoint, args.out, args.data_dir, args.quick)
     sections = [body]
+    progress("1b. thread policy")
+    sections.append(threads.run(args.data_dir, args.quick))
     progress("2. CLI cold start")
     sections.append(cold_start.run(args.quick))
     progress("3. bulk")

@@ -43,6 +43,10 @@ NO_INK = 1e-3  # a preprocessed image with less total ink than this holds no dig
 # With threads=None, batches this large run on all cores; smaller ones on one thread, where a thread pool
 # only adds wake-up latency (see benchmarks/: 1 thread is fastest up to batch 64 here).
 PARALLEL_BATCH = 256
+# ... but only with at least this many usable cores. On 2 vCPUs (often the two hyperthreads of one core) a
+# second thread never paid: at batch 1024 it was 1.15-1.35x slower than one thread on a quiet machine and
+# 1.2-2x slower with another job on the other core (benchmarks/threads.py, AMD EPYC and Sapphire Rapids).
+PARALLEL_MIN_CPUS = 4
 MAX_MODEL_BYTES = 256 * 2**20  # a model file larger than this is refused before reading (the bundled: ~0.2 MB)
 
 
@@ -111,7 +115,8 @@ class Classifier:
               (`edge-export --ort`; onnxruntime tells the two apart by their bytes); None = the bundled model.
     int8:     with model=None, use the bundled int8 model.
     threads:  onnxruntime intra-op threads. None: 1 thread for batches below PARALLEL_BATCH and one per
-              core for larger ones (each setting is the faster one there; see benchmarks/).
+              core for larger ones on machines with PARALLEL_MIN_CPUS cores or more; 1 thread always on
+              smaller ones (each setting is the faster one there, busy or not; see benchmarks/threads.py).
     provider: an onnxruntime execution provider name (default CPUExecutionProvider).
     min_confidence: below this top probability the answer is "not sure": label -1, with the most likely digit
               kept in Prediction.guess (Prediction.unsure is True). 0 (the default) always answers.
@@ -213,7 +218,7 @@ class Classifier:
             raise ModelError(f"cannot load model {self.source}: {_first_line(error)}") from None
 
     def _session_for(self, batch: int) -> ort.InferenceSession:
-        if self.threads is not None or batch < PARALLEL_BATCH or usable_cpus() < 2:
+        if self.threads is not None or batch < PARALLEL_BATCH or usable_cpus() < PARALLEL_MIN_CPUS:
             return self.session
         with self._lock:  # created on first use, once, even when many threads ask at the same time
             if self._parallel is None:
