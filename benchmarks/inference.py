@@ -9,7 +9,8 @@
    torch.inference_mode) and session.run of onnxruntime sessions made by edge_infer's own
    Classifier (so with the runtime's options); each at 1 thread and at 2 (threads=None picks 1 below
    batch 256, and all cores from there on where there are at least 4: see threads.py); OpenVINO on the same
-   fp32 .onnx file when it is installed (`pip install -e ".[bench]"`); and, at batch 1, onnxruntime's own floor: a bare Identity graph and a bare
+   fp32 .onnx file when it is installed (`pip install -e ".[bench]"`); and, at batch 1, onnxruntime's own
+   floor: a bare Identity graph and a bare
    chain of 27 Gemm+Relu nodes of the model's hidden size (the recurrence's dependent steps, nothing else);
 4. the fp32 graph forms export/graph.py writes, for every cell (the checkpoint's weights for its own cell,
    an untrained model of the same size for the others: speed does not depend on the values).
@@ -351,7 +352,8 @@ def run(checkpoint: Path | None, out: Path, data_dir: Path, quick: bool) -> tupl
         "[28, B, 28] input, sessions made by `edge_infer.Classifier(threads=...)` (so the runtime's options: "
         "inter-op 1; worker threads spin only in multi-thread sessions). Both at 1 and 2 threads "
         "(torch.set_num_threads; onnxruntime intra-op threads: the runtime's default, threads=None, uses 1 "
-        "below batch 256 and all cores from there on with at least 4 cores, else 1: section 1b); on a busy 2-core machine, 2 torch threads can be far "
+        "below batch 256 and all cores from there on with at least 4 cores, else 1: section 1b); "
+        "on a busy 2-core machine, 2 torch threads can be far "
         "slower than 1, "
         "so 'vs torch' compares with torch's faster setting at that batch. All rows take turns in 10 "
         "rounds; medians. Bold: the faster thread setting of each engine, which the targets use."

@@ -7,9 +7,9 @@ to stderr):
 The report starts with the machine, the versions and the commit, then every table. README.md quotes no
 numbers from it, only the targets and where each stands; RESULTS.md is the record.
 
-Sections: 1 inference (torch vs onnxruntime fp32/int8), 1b thread policy (idle and busy), 2 CLI cold start, 3 bulk, 4 training (only with
---training: it runs three edge-train recipes, ~10 minutes, unless OUT already holds their histories),
-5 model sizes, 6 whole numbers. See benchmarks/README.md.
+Sections: 1 inference (torch vs onnxruntime fp32/int8), 1b thread policy (idle and busy), 2 CLI cold start,
+3 bulk, 4 training (only with --training: it runs three edge-train recipes, ~10 minutes, unless OUT already
+holds their histories), 5 model sizes, 6 whole numbers. See benchmarks/README.md.
 """
 
 from __future__ import annotations

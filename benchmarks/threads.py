@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from benchlib import add_common_args, machine_header, median, section, table, target, timed
@@ -62,7 +62,7 @@ def measure(digits: np.ndarray, quick: bool) -> dict[tuple[str, int, str], float
         with busy_core(state != "quiet"):
             for batch in BATCHES:
                 x = digits[:batch]
-                calls = {name: (lambda c=c: c.classify(x)) for name, c in classifiers.items()}
+                calls = {name: (lambda c=c, x=x: c.classify(x)) for name, c in classifiers.items()}
                 reps = max(10, REPS[batch] // (10 if quick else 1))
                 samples = timed(calls, reps=reps, rounds=10, warmup=2, budget=BUDGET * len(calls))
                 for name in SETTINGS:

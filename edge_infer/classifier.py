@@ -23,7 +23,7 @@ import onnxruntime as ort
 from edge_infer.files import FileRefused, read_regular_file
 from edge_infer.model_check import NotOnnx, UnsafeModel, check_model_bytes
 from edge_infer.model_info import INPUT_NAME, OUTPUT_NAME, PIXELS, STEPS, ModelInfo, to_rows
-from edge_infer.preprocess import ImageError, ImageInput, preprocess
+from edge_infer.preprocess import ImageError, ImageInput, preprocess, preprocess_many
 
 try:  # CPython's own sha256 (HACL*), not OpenSSL's: importing hashlib loads libcrypto, +3.6 MiB at start-up
     from _sha2 import sha256  # type: ignore[import-not-found]  # Python >= 3.12
@@ -314,25 +314,15 @@ class Classifier:
         that image's place instead, so one bad image never stops the others (a decoder bug's exception
         becomes an ImageError too). Messages name no path: the caller knows which input it was.
         """
-        if errors not in ("raise", "return"):
-            raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
-        digits: list[np.ndarray] = []
-        failures: list[ImageError | None] = []
-        for image in images:
-            try:
-                digits.append(preprocess(image))
-                failures.append(None)
-            except Exception as error:
-                if errors == "raise":
-                    raise
-                failures.append(
-                    error
-                    if isinstance(error, ImageError)
-                    else ImageError(
-                        f"unexpected {type(error).__name__} while reading the image: {_first_line(error)[:200]}"
-                    )
-                )
-        predictions = iter(self.classify(np.stack(digits)) if digits else [])
+        digits, failures = preprocess_many(images, errors)
+        return self.classify_in_place(digits, failures)
+
+    def classify_in_place(
+        self, digits: np.ndarray, failures: Sequence[ImageError | None]
+    ) -> list[Prediction | ImageError]:
+        """classify(digits) (one session.run), with the failures in their places: failures holds, per image,
+        its ImageError or None, and each None takes the next of digits (preprocess_many's two results)."""
+        predictions = iter(self.classify(digits) if len(digits) else [])
         return [next(predictions) if failure is None else failure for failure in failures]
 
     def read_number(self, image: ImageInput) -> NumberReading:

@@ -23,7 +23,7 @@ import math
 import os
 import struct
 import warnings
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -31,7 +31,7 @@ from PIL import Image, UnidentifiedImageError
 from edge_infer.files import HEAD_BYTES, FileRefused, read_regular_file
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
 __all__ = [
     "ImageError",
@@ -44,6 +44,7 @@ __all__ = [
     "ink_map",
     "ink_to_mnist",
     "preprocess",
+    "preprocess_many",
 ]
 
 ImageInput = str | os.PathLike[str] | bytes | Image.Image | np.ndarray
@@ -481,9 +482,9 @@ def _small_flat_crop(g: np.ndarray) -> np.ndarray | None:
         return None  # blank: ink_map's own rules (the corners) say what that is
     top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
     corner = max(1, min(h, w) // 8)  # _corner_patches' size: only where the box reaches a corner patch ...
-    if (top < corner or bottom > h - corner) and (left < corner or right > w - corner):
-        if float(np.abs(_corner_patches(g) - float(level)).max()) > BORDER_NOT_PAPER:
-            return None  # ... may a corner overrule the fit (ink_map decides)
+    near_corner = (top < corner or bottom > h - corner) and (left < corner or right > w - corner)
+    if near_corner and float(np.abs(_corner_patches(g) - float(level)).max()) > BORDER_NOT_PAPER:
+        return None  # ... may a corner overrule the fit (ink_map decides)
     crop = g[top:bottom, left:right]
     lowest = crop.min()  # (everything outside the crop is at the level)
     if lowest != lowest:  # NaN inside: the general path keeps its own rules for that
@@ -523,6 +524,34 @@ def ink_to_mnist(crop: np.ndarray) -> np.ndarray:
 def preprocess(image: ImageInput) -> np.ndarray:
     """Any image of one digit -> float32 [28, 28] in [0, 1], bright ink on black (zeros if no digit)."""
     return to_mnist(to_grey(load_image(image)))
+
+
+def preprocess_many(
+    images: Iterable[ImageInput], errors: Literal["raise", "return"] = "return"
+) -> tuple[np.ndarray, list[ImageError | None]]:
+    """preprocess for many images: the digits of the readable ones (float32 [n, 28, 28], in order) and, per
+    image, None or the ImageError that refused it.
+
+    errors="raise": raise ImageError on the first unreadable image. errors="return": one bad image never
+    stops the others (a decoder bug's exception becomes an ImageError too). Messages name no path.
+    """
+    if errors not in ("raise", "return"):
+        raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
+    digits: list[np.ndarray] = []
+    failures: list[ImageError | None] = []
+    for image in images:
+        try:
+            digits.append(preprocess(image))
+            failures.append(None)
+        except Exception as error:
+            if errors == "raise":
+                raise
+            if not isinstance(error, ImageError):
+                text = str(error).strip()
+                first = text.splitlines()[0][:200] if text else type(error).__name__
+                error = ImageError(f"unexpected {type(error).__name__} while reading the image: {first}")
+            failures.append(error)
+    return (np.stack(digits) if digits else np.zeros((0, CANVAS, CANVAS), np.float32)), failures
 
 
 def ink_map(g: np.ndarray) -> np.ndarray | None:
