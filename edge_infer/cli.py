@@ -190,24 +190,34 @@ def _round(value: float) -> float:
     return round(float(value), 6)
 
 
+def prediction_record(path: str, prediction: Prediction, top_k: int = 1) -> dict[str, Any]:
+    """The --json record of one prediction (also edge_infer.ray's rows); path as given, escaped here."""
+    record: dict[str, Any] = {
+        "path": display(path),
+        "label": prediction.label if prediction.label >= 0 else None,
+        "confidence": _round(prediction.confidence),
+        "probabilities": [_round(p) for p in prediction.probabilities],
+    }
+    if not prediction.digit_found:
+        record["no_digit"] = True
+    elif prediction.unsure:
+        record["unsure"], record["guess"] = True, prediction.guess
+    if top_k > 1:
+        record["top_k"] = [[d, _round(p)] for d, p in prediction.top_k(top_k)]
+    return record
+
+
+def error_record(path: str, error: ImageError) -> dict[str, Any]:
+    """The --json record of an image that could not be read."""
+    return {"path": display(path), "error": str(error)}
+
+
 def format_line(path: str, prediction: Prediction, top_k: int, as_json: bool) -> str:
     """One output line; path as given (it is escaped here with display())."""
     if as_json:
         import json
 
-        record: dict[str, Any] = {
-            "path": display(path),
-            "label": prediction.label if prediction.label >= 0 else None,
-            "confidence": _round(prediction.confidence),
-            "probabilities": [_round(p) for p in prediction.probabilities],
-        }
-        if not prediction.digit_found:
-            record["no_digit"] = True
-        elif prediction.unsure:
-            record["unsure"], record["guess"] = True, prediction.guess
-        if top_k > 1:
-            record["top_k"] = [[d, _round(p)] for d, p in prediction.top_k(top_k)]
-        return json.dumps(record, allow_nan=False)
+        return json.dumps(prediction_record(path, prediction, top_k), allow_nan=False)
     if not prediction.digit_found:
         return f"{display(path)}\t-\t0.0000"
     label = prediction.label if prediction.label >= 0 else "-"  # '-': not sure (below --min-confidence)
@@ -266,7 +276,7 @@ def format_error(path: str, error: ImageError, as_json: bool) -> str:
     if as_json:
         import json
 
-        return json.dumps({"path": display(path), "error": str(error)})
+        return json.dumps(error_record(path, error))
     return f"{PROG}: {display(path)}: {error}"
 
 
