@@ -65,17 +65,24 @@ def test_cli_worker_processes_keep_every_answer_in_order(digit_folder):
 def test_ray_data_digit_reader_answers_what_the_cli_answers(digit_folder):
     """A local Ray cluster (2 CPUs), started here: files as bytes through read_binary_files and as paths through
     from_items, two DigitReader actors with one thread each; every row equals the CLI's --json record (fields
-    the CLI's record lacks are None)."""
+    the CLI's record lacks are None). Each actor asks for half a CPU: two whole-CPU actors would hold both
+    CPUs, and read_binary_files' read tasks would wait for one forever."""
     ray = _require_ray()
     from edge_infer.ray import FIELDS, DigitReader
 
     expected = {r["path"]: r for r in cli_records(digit_folder, "--top-k", "3")}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
         as_bytes = ray.data.read_binary_files(str(digit_folder), include_paths=True)
         paths = sorted(str(p) for p in digit_folder.iterdir())
         as_paths = ray.data.from_items([{"path": p} for p in paths[:300]])
-        read = {"concurrency": 2, "num_cpus": 1, "batch_size": 256, "fn_constructor_kwargs": {"top_k": 3}}
+        read = {
+            "compute": ray.data.ActorPoolStrategy(size=2),
+            "num_cpus": 0.5,
+            "batch_size": 256,
+            "fn_constructor_kwargs": {"top_k": 3},
+        }
         from_bytes = as_bytes.map_batches(DigitReader, **read).take_all()
         from_paths = as_paths.map_batches(DigitReader, **read).take_all()
     finally:
