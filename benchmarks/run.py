@@ -72,7 +72,7 @@ def main() -> None:
     progress("2. CLI cold start")
     sections.append(cold_start.run(args.quick))
     progress("3. bulk")
-    sections.append(bulk.run(args.data_dir, args.out))
+    sections.append(bulk.run(args.data_dir, args.out, args.quick))
     sections.append(photo.run(args.data_dir, args.out, args.quick))
     if args.training:
         progress("4. training")

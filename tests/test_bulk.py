@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from .test_runtime import cli
 COUNT = 2000  # real MNIST test digits written as PNG files
 
 
-def _require_ray():  # type: ignore[no-untyped-def]
+def _require_ray() -> Any:
     """ray, or a skip where it isn't installed; CI (CI=true) installs edge-infer[ray], so there it fails."""
     try:
         import ray
