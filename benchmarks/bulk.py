@@ -145,7 +145,7 @@ def cli_settings(directory: Path, quick: bool) -> str:
             rows.append(
                 [
                     state,
-                    f"`edge-infer {name if name[0] == '-' else ''}DIR`",
+                    f"`edge-infer {name + ' ' if name[0] == '-' else ''}DIR`",
                     f"{t:.2f}",
                     f"{len(files) / t:,.0f}",
                     f"{t / best:.2f}x",
