@@ -5,7 +5,8 @@
 
 The bundled fp32 model, `classify` of real MNIST test digits (preprocessed once). "Busy": a second process
 spinning in a Python `while True: pass` loop for the whole state (what another job on the machine does).
-Within each state the three settings take turns in rounds; medians. The target: the default within 10 % of
+Within each state the three settings take turns in rounds, with a pause before each turn (a multi-thread
+session's workers spin on for a moment after a run); medians. The target: the default within 10 % of
 the better of 1 and 2 threads, in every state and batch.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +29,7 @@ BUDGET = 4.0  # seconds per setting and batch at most (each still gets one call 
 TARGET_SLOWER = 1.10  # the default at most this many times the best setting's time
 SETTINGS = {"1 thread": 1, "2 threads": 2, "default (threads=None)": None}
 BUSY_LOOP = "while True: pass"
+SETTLE_S = 0.5  # pause before each setting's turn (0.05 s was too short: the next setting still ran ~1.5x slower)
 
 
 @contextmanager
@@ -64,7 +67,10 @@ def measure(digits: np.ndarray, quick: bool) -> dict[tuple[str, int, str], float
                 x = digits[:batch]
                 calls = {name: (lambda c=c, x=x: c.classify(x)) for name, c in classifiers.items()}
                 reps = max(10, REPS[batch] // (10 if quick else 1))
-                samples = timed(calls, reps=reps, rounds=10, warmup=2, budget=BUDGET * len(calls))
+                # a pause before each turn: a multi-thread session's workers spin on after its run returns
+                # (allow_spinning), which would slow whichever setting comes next
+                pause = {name: (lambda: time.sleep(SETTLE_S)) for name in calls}
+                samples = timed(calls, reps=reps, rounds=10, warmup=2, before=pause, budget=BUDGET * len(calls))
                 for name in SETTINGS:
                     seconds[(state, batch, name)] = median(samples[name])
     return seconds
