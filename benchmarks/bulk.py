@@ -178,7 +178,7 @@ def ray_scaling(directory: Path, quick: bool) -> str:
     try:
         import ray.data  # noqa: F401
     except ImportError:
-        return section("3b. Bulk on Ray Data", 'Not run: ray is not installed (`pip install -e ".[ray]"`).')
+        return section("3c. Bulk on Ray Data", 'Not run: ray is not installed (`pip install -e ".[ray]"`).')
     part = directory.parent / f"{directory.name}-first-{SETTINGS_IMAGES}"
     count = len(list(part.glob("*.png")))
     runs = 2 if quick else RUNS
@@ -205,7 +205,7 @@ def ray_scaling(directory: Path, quick: bool) -> str:
         seconds[1] / seconds[2] >= TARGET_RAY_SCALING,
     )
     return section(
-        "3b. Bulk on Ray Data: 1 vs 2 workers",
+        "3c. Bulk on Ray Data: 1 vs 2 workers",
         about,
         table(["workers", "wall s (median)", "images/s", "speed-up"], rows),
         check,
