@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +18,12 @@ from edge_infer.preprocess import (
     _to_mnist_general,
     load_image,
     preprocess,
+    preprocess_many,
     to_grey,
     to_mnist,
 )
 
+preprocess_module = sys.modules["edge_infer.preprocess"]  # (the package's `preprocess` is the function)
 YX = np.arange(28)
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -138,6 +142,30 @@ def test_fast_path_for_small_clean_images_gives_the_general_paths_output(mnist_i
         taken += _small_flat_crop(grey) is not None
         assert to_mnist(grey).tobytes() == _to_mnist_general(grey).tobytes()
     assert taken > len(greys) / 3  # the shortcut really was compared (the clean variants take it)
+
+
+@pytest.mark.parametrize("stage_pixels", [None, 5000])
+def test_preprocess_many_runs_stage_by_stage_with_the_same_results(mnist_images, stage_pixels, monkeypatch):
+    """preprocess_many (each stage over a group of images) against preprocess one image at a time: real MNIST
+    PNGs, the example photo, scan and drawing, and broken files in between, in one group and in many."""
+    if stage_pixels:
+        monkeypatch.setattr(preprocess_module, "STAGE_PIXELS", stage_pixels)
+    images: list = [encode(Image.fromarray(x), "PNG") for x in mnist_images[:200]]
+    for i, path in enumerate(sorted(EXAMPLES.glob("*.png"))):
+        images.insert(30 * i + 5, path)
+    images.insert(17, b"not an image")
+    images.insert(101, EXAMPLES / "missing.png")
+    digits, failures = preprocess_many(images)
+    assert [f is None for f in failures].count(False) == 2 and len(digits) == len(images) - 2
+    expected = iter(digits)
+    for image, failure in zip(images, failures, strict=True):
+        if failure is None:
+            assert next(expected).tobytes() == preprocess(image).tobytes()
+        else:
+            with pytest.raises(ImageError, match=re.escape(str(failure))):
+                preprocess(image)
+    with pytest.raises(ImageError, match="not an image"):  # errors="raise": the first bad image's error
+        preprocess_many(images, errors="raise")
 
 
 # -----------------------------------------------------------------------------
