@@ -44,8 +44,8 @@ NO_INK = 1e-3  # a preprocessed image with less total ink than this holds no dig
 # only adds wake-up latency (see benchmarks/: 1 thread is fastest up to batch 64 here).
 PARALLEL_BATCH = 256
 # ... but only with at least this many usable cores. On 2 vCPUs (often the two hyperthreads of one core) a
-# second thread never paid: at batch 1024 it was 1.15-1.35x slower than one thread on a quiet machine and
-# 1.2-2x slower with another job on the other core (benchmarks/threads.py, AMD EPYC and Sapphire Rapids).
+# second thread never paid: at batch 64 and 1024 it was 1.3-1.5x slower than one thread, quiet or with another
+# job on the other core (benchmarks/threads.py, 2 vCPUs of an AMD EPYC; issue 22 saw 1.35x at 1024 idle).
 PARALLEL_MIN_CPUS = 4
 MAX_MODEL_BYTES = 256 * 2**20  # a model file larger than this is refused before reading (the bundled: ~0.2 MB)
 
