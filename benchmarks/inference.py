@@ -8,8 +8,9 @@
 3. time one call, per batch of real MNIST test images, of: torch eager (DigitRNN batch_first as trained,
    torch.inference_mode) and session.run of onnxruntime sessions made by edge_infer's own
    Classifier (so with the runtime's options); each at 1 thread and at 2 (threads=None picks 1 below
-   batch 256 and all cores from there on); OpenVINO on the same fp32 .onnx file when it is installed
-   (`pip install -e ".[bench]"`); and, at batch 1, onnxruntime's own floor: a bare Identity graph and a bare
+   batch 256, and all cores from there on where there are at least 4: see threads.py); OpenVINO on the same
+   fp32 .onnx file when it is installed (`pip install -e ".[bench]"`); and, at batch 1, onnxruntime's own
+   floor: a bare Identity graph and a bare
    chain of 27 Gemm+Relu nodes of the model's hidden size (the recurrence's dependent steps, nothing else);
 4. the fp32 graph forms export/graph.py writes, for every cell (the checkpoint's weights for its own cell,
    an untrained model of the same size for the others: speed does not depend on the values).
@@ -29,7 +30,7 @@ import training
 from benchlib import ROOT, add_common_args, machine_header, median, section, table, target, timed
 
 from edge_infer import Classifier
-from edge_infer.classifier import PARALLEL_BATCH, bundled_model_path, usable_cpus
+from edge_infer.classifier import PARALLEL_BATCH, PARALLEL_MIN_CPUS, bundled_model_path, usable_cpus
 from edge_infer.model_info import INPUT_NAME, OUTPUT_NAME, PIXELS, to_rows
 from export.export import export, load_trained
 from export.graph import AUTO_FORMS, FORMS, SWITCH_BATCH, build_model
@@ -303,7 +304,8 @@ def compare_forms(models: Exported, test: Split, quick: bool) -> str:
                 sessions[(cell, form, threads)] = Classifier(model.SerializeToString(), threads=threads).session
     rows, lines = [], []
     for batch in BATCHES:
-        threads = 1 if batch < PARALLEL_BATCH else usable_cpus()  # what Classifier(threads=None) uses
+        parallel = batch >= PARALLEL_BATCH and usable_cpus() >= PARALLEL_MIN_CPUS
+        threads = usable_cpus() if parallel else 1  # what Classifier(threads=None) uses
         rows_input = to_rows(test.floats(slice(0, batch)).numpy())
         calls = {
             key[:2]: lambda s=s, feed={INPUT_NAME: rows_input}: s.run([OUTPUT_NAME], feed)
@@ -350,7 +352,8 @@ def run(checkpoint: Path | None, out: Path, data_dir: Path, quick: bool) -> tupl
         "[28, B, 28] input, sessions made by `edge_infer.Classifier(threads=...)` (so the runtime's options: "
         "inter-op 1; worker threads spin only in multi-thread sessions). Both at 1 and 2 threads "
         "(torch.set_num_threads; onnxruntime intra-op threads: the runtime's default, threads=None, uses 1 "
-        "below batch 256 and all cores from there on); on a busy 2-core machine, 2 torch threads can be far "
+        "below batch 256 and all cores from there on with at least 4 cores, else 1: section 1b); "
+        "on a busy 2-core machine, 2 torch threads can be far "
         "slower than 1, "
         "so 'vs torch' compares with torch's faster setting at that batch. All rows take turns in 10 "
         "rounds; medians. Bold: the faster thread setting of each engine, which the targets use."

@@ -7,10 +7,10 @@ to stderr):
 The report starts with the machine, the versions and the commit, then every table. README.md quotes no
 numbers from it, only the targets and where each stands; RESULTS.md is the record.
 
-Sections: 1 inference (torch vs onnxruntime fp32/int8), 2 CLI cold start, 3 bulk, 4 training (only with
---training: it runs three edge-train recipes, ~10 minutes, unless OUT already holds their histories),
-5 model sizes, 6 whole numbers, 7 serve (`edge-infer serve` under load; needs the serve extra). See
-benchmarks/README.md.
+Sections: 1 inference (torch vs onnxruntime fp32/int8), 1b thread policy (idle and busy), 2 CLI cold start,
+3 bulk, 4 training (only with --training: it runs three edge-train recipes, ~10 minutes, unless OUT already
+holds their histories), 5 model sizes, 6 whole numbers, 7 serve (`edge-infer serve` under load; needs the
+serve extra). See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import inference
 import photo
 import serve
 import sizes
+import threads
 import training
 import whole_numbers
 from benchlib import ROOT, add_common_args, machine_header
@@ -69,10 +70,12 @@ def main() -> None:
     progress("1. inference")
     body, models = inference.run(args.checkpoint, args.out, args.data_dir, args.quick)
     sections = [body]
+    progress("1b. thread policy")
+    sections.append(threads.run(args.data_dir, args.quick))
     progress("2. CLI cold start")
     sections.append(cold_start.run(args.quick))
     progress("3. bulk")
-    sections.append(bulk.run(args.data_dir, args.out))
+    sections.append(bulk.run(args.data_dir, args.out, args.quick))
     sections.append(photo.run(args.data_dir, args.out, args.quick))
     if args.training:
         progress("4. training")

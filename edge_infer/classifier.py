@@ -28,7 +28,7 @@ import onnxruntime as ort  # noqa: E402
 from edge_infer.files import FileRefused, read_regular_file
 from edge_infer.model_check import NotOnnx, UnsafeModel, check_model_bytes
 from edge_infer.model_info import CLASSES, INPUT_NAME, OUTPUT_NAME, PIXELS, STEPS, ModelInfo, to_rows
-from edge_infer.preprocess import ImageError, ImageInput, preprocess
+from edge_infer.preprocess import ImageError, ImageInput, preprocess, preprocess_many
 
 try:  # CPython's own sha256 (HACL*), not OpenSSL's: importing hashlib loads libcrypto, +3.6 MiB at start-up
     from _sha2 import sha256  # type: ignore[import-not-found]  # Python >= 3.12
@@ -53,6 +53,10 @@ NO_INK = 1e-3  # a preprocessed image with less total ink than this holds no dig
 # With threads=None, batches this large run on all cores; smaller ones on one thread, where a thread pool
 # only adds wake-up latency (see benchmarks/: 1 thread is fastest up to batch 64 here).
 PARALLEL_BATCH = 256
+# ... but only with at least this many usable cores. On 2 vCPUs (often the two hyperthreads of one core) a
+# second thread never paid: at batch 64 and 1024 it was 1.3-1.5x slower than one thread, quiet or with another
+# job on the other core (benchmarks/threads.py, 2 vCPUs of an AMD EPYC; issue 22 saw 1.35x at 1024 idle).
+PARALLEL_MIN_CPUS = 4
 MAX_MODEL_BYTES = 256 * 2**20  # a model file larger than this is refused before reading (the bundled: ~0.2 MB)
 
 
@@ -121,7 +125,8 @@ class Classifier:
               (`edge-export --ort`; onnxruntime tells the two apart by their bytes); None = the bundled model.
     int8:     with model=None, use the bundled int8 model.
     threads:  onnxruntime intra-op threads. None: 1 thread for batches below PARALLEL_BATCH and one per
-              core for larger ones (each setting is the faster one there; see benchmarks/).
+              core for larger ones on machines with PARALLEL_MIN_CPUS cores or more; 1 thread always on
+              smaller ones (each setting is the faster one there, busy or not; see benchmarks/threads.py).
     provider: an onnxruntime execution provider name (default CPUExecutionProvider).
     min_confidence: below this top probability the answer is "not sure": label -1, with the most likely digit
               kept in Prediction.guess (Prediction.unsure is True). 0 (the default) always answers.
@@ -252,7 +257,7 @@ class Classifier:
             raise ModelError(f"cannot load the model: {_first_line(error)}") from None
 
     def _session_for(self, batch: int) -> ort.InferenceSession:
-        if self.threads is not None or batch < PARALLEL_BATCH or usable_cpus() < 2:
+        if self.threads is not None or batch < PARALLEL_BATCH or usable_cpus() < PARALLEL_MIN_CPUS:
             return self.session
         with self._lock:  # created on first use, once, even when many threads ask at the same time
             if self._parallel is None:
@@ -360,10 +365,16 @@ class Classifier:
         that image's place instead, so one bad image never stops the others (a decoder bug's exception
         becomes an ImageError too). Messages name no path: the caller knows which input it was.
         """
-        prepared = read_each(images, preprocess, errors)
-        digits = [digit for digit in prepared if not isinstance(digit, ImageError)]
-        predictions = iter(self.classify(np.stack(digits)) if digits else [])
-        return [digit if isinstance(digit, ImageError) else next(predictions) for digit in prepared]
+        digits, failures = preprocess_many(images, errors)
+        return self.classify_in_place(digits, failures)
+
+    def classify_in_place(
+        self, digits: np.ndarray, failures: Sequence[ImageError | None]
+    ) -> list[Prediction | ImageError]:
+        """classify(digits) (one session.run), with the failures in their places: failures holds, per image,
+        its ImageError or None, and each None takes the next of digits (preprocess_many's two results)."""
+        predictions = iter(self.classify(digits) if len(digits) else [])
+        return [next(predictions) if failure is None else failure for failure in failures]
 
     def read_number(self, image: ImageInput, digits: int | None = None) -> NumberReading:
         """Read all the digits of one line of digits (a number) in one image; see edge_infer.number.

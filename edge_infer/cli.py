@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from edge_infer.classifier import ORT_FORMAT_ID, Classifier, ModelError, Prediction, usable_cpus
-from edge_infer.preprocess import ImageError, ImageInput
+from edge_infer.preprocess import ImageError, ImageInput, preprocess_many
 from edge_infer.progress import ProgressBar
 
 if TYPE_CHECKING:
     import click
+    import numpy as np
 
     from edge_infer.number import NumberReading  # loaded only by --number (start-up stays lean)
 
@@ -31,6 +32,7 @@ IMAGE_SUFFIXES = frozenset(
 # Phone photo formats found in directories are reported rather than skipped silently.
 UNSUPPORTED_SUFFIXES = frozenset({".heic", ".heif", ".avif"})
 CHUNK = 256  # images per session.run, which is also one task of a worker process
+AHEAD = 4  # chunks in flight per worker process: enough to keep them busy while the model runs here
 PARALLEL_FROM = 256  # use worker processes from this many images on (starting them costs ~20 ms)
 FLUSH_EVERY = CHUNK  # output lines are written and flushed in groups of this many (one chunk's worth)
 
@@ -113,64 +115,75 @@ def expand(paths: tuple[str, ...] | list[str]) -> Iterator[tuple[str, ImageError
             yield path, ImageError("directory holds no image files")
 
 
+def _images(paths: list[str], stdin: bytes | None) -> list[ImageInput]:
+    return [stdin if path == "-" and stdin is not None else path for path in paths]
+
+
 def classify_chunk(
     classifier: Classifier, paths: list[str], stdin: bytes | None = None
 ) -> list[Prediction | ImageError]:
     """A prediction or an ImageError for each path, with one session.run for them all."""
-    images: list[ImageInput] = [stdin if path == "-" and stdin is not None else path for path in paths]
-    return classifier.predict_many(images, errors="return")
+    return classifier.predict_many(_images(paths, stdin), errors="return")
 
 
-_worker_classifier: Classifier | None = None
-
-
-def _start_worker(options: dict[str, Any]) -> None:
-    global _worker_classifier
-    _worker_classifier = Classifier(**options)  # its own session: onnxruntime's don't survive a fork
-
-
-def _classify_in_worker(paths: list[str]) -> list[Prediction | ImageError]:
-    assert _worker_classifier is not None
-    return classify_chunk(_worker_classifier, paths)
+def _preprocess_in_worker(paths: list[str]) -> tuple[np.ndarray, list[ImageError | None]]:
+    """A worker process's task: read and preprocess one chunk (the parent runs the model on it)."""
+    return preprocess_many(paths)
 
 
 def classify_all(
-    paths: list[str], stdin: bytes | None, classifier: Classifier, options: dict[str, Any], jobs: int
+    paths: list[str], stdin: bytes | None, classifier: Classifier, jobs: int
 ) -> Generator[Prediction | ImageError, None, None]:
-    """classify_chunk over all paths, in order, CHUNK at a time. Many images are decoded and classified
-    by `jobs` worker processes, which send back only the predictions."""
+    """classify_chunk over all paths, in order, CHUNK at a time. Many images are read and preprocessed by
+    `jobs` worker processes, and the model runs here, one session.run per chunk, while they read on."""
     chunks = [paths[start : start + CHUNK] for start in range(0, len(paths), CHUNK)]
     if jobs > 1 and len(paths) >= PARALLEL_FROM and stdin is None and hasattr(os, "fork"):
-        yield from _classify_in_workers(chunks, classifier, options, min(jobs, len(chunks)))
+        yield from _classify_in_workers(chunks, classifier, min(jobs, len(chunks)))
     else:
         for chunk in chunks:
             yield from classify_chunk(classifier, chunk, stdin)
 
 
 def _classify_in_workers(
-    chunks: list[list[str]], classifier: Classifier, options: dict[str, Any], jobs: int
+    chunks: list[list[str]], classifier: Classifier, jobs: int
 ) -> Iterator[Prediction | ImageError]:
-    """Chunks classified by worker processes, in order. A worker that dies (the OOM killer, a decoder crash)
-    is noticed at once; the chunks it took down are classified again here, once, so the CLI always ends."""
+    """Chunks preprocessed by worker processes and classified here, in order; at most AHEAD chunks per
+    worker are in flight, so memory stays bounded however many images there are. A worker that dies (the
+    OOM killer, a decoder crash) is noticed at once; the chunks it took down are read again here, once, so
+    the CLI always ends."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from collections import deque
+    from concurrent.futures import Future, ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    pool = ProcessPoolExecutor(jobs, multiprocessing.get_context("fork"), _start_worker, (options,))
+    pool = ProcessPoolExecutor(jobs, multiprocessing.get_context("fork"))
     warned = False
+    pending: deque[tuple[list[str], Future[tuple[np.ndarray, list[ImageError | None]]]]] = deque()
+    upcoming = iter(chunks)
     try:
-        futures = [pool.submit(_classify_in_worker, chunk) for chunk in chunks]
-        for chunk, future in zip(chunks, futures, strict=True):
+        while True:
+            while len(pending) < AHEAD * jobs and not warned:
+                chunk = next(upcoming, None)
+                if chunk is None:
+                    break
+                pending.append((chunk, pool.submit(_preprocess_in_worker, chunk)))
+            if not pending:
+                chunk = next(upcoming, None)  # (after a worker died: the rest is read here)
+                if chunk is None:
+                    break
+                yield from classify_chunk(classifier, chunk)
+                continue
+            chunk, future = pending.popleft()
             try:
-                results = future.result()
+                digits, failures = future.result()
             except BrokenProcessPool:
                 if not warned:
                     sys.stderr.write(
-                        f"{PROG}: warning: a decoding process died; classifying its images again in the main process\n"
+                        f"{PROG}: warning: a decoding process died; reading its images again in the main process\n"
                     )
                     warned = True
-                results = classify_chunk(classifier, chunk)
-            yield from results
+                digits, failures = preprocess_many(chunk)
+            yield from classifier.classify_in_place(digits, failures)
     finally:
         pool.shutdown(wait=not warned, cancel_futures=True)
 
@@ -218,8 +231,7 @@ def read_number_chunks(
     """--number: a reading or an ImageError for each path, CHUNK images per read_numbers."""
     for start in range(0, len(paths), CHUNK):
         chunk = paths[start : start + CHUNK]
-        images: list[ImageInput] = [stdin if path == "-" and stdin is not None else path for path in chunk]
-        yield from classifier.read_numbers(images, errors="return", digits=digits)
+        yield from classifier.read_numbers(_images(chunk, stdin), errors="return", digits=digits)
 
 
 def number_record(path: str, reading: NumberReading) -> dict[str, Any]:
@@ -425,7 +437,7 @@ def run(paths: tuple[str, ...] | list[str], options: Options) -> None:
     predicted: Generator[Prediction | NumberReading | ImageError, None, None] = (
         read_number_chunks(classifier, good, stdin, options.digits)
         if options.number
-        else classify_all(good, stdin, classifier, options.classifier_options(), jobs)
+        else classify_all(good, stdin, classifier, jobs)
     )
     failed = False
     lines: list[str] = []

@@ -502,12 +502,12 @@ def test_min_confidence_says_not_sure_and_keeps_the_guess(tmp_path, mnist_test):
 KILL_ONE_WORKER = """
 import os, signal
 import edge_infer.cli as cli
-_real, _parent = cli._classify_in_worker, os.getpid()
+_real, _parent = cli._preprocess_in_worker, os.getpid()
 def _dying(paths):
     if os.getpid() != _parent and any(p.endswith("00100.png") for p in paths):
         os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would
     return _real(paths)
-cli._classify_in_worker = _dying
+cli._preprocess_in_worker = _dying
 """
 
 

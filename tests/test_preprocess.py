@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import io
+import re
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont, JpegImagePlugin
 
-from edge_infer.preprocess import MAX_PIXELS, ImageError, load_image, preprocess, to_grey, to_mnist
+from edge_infer.preprocess import (
+    MAX_PIXELS,
+    ImageError,
+    _small_flat_crop,
+    _to_mnist_general,
+    load_image,
+    preprocess,
+    preprocess_many,
+    to_grey,
+    to_mnist,
+)
 
+preprocess_module = sys.modules["edge_infer.preprocess"]  # (the package's `preprocess` is the function)
 YX = np.arange(28)
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 # -----------------------------------------------------------------------------
@@ -102,6 +117,55 @@ def test_mnist_digits_come_through_unchanged(mnist_images, variant):
     diffs = np.array(diffs)
     assert diffs.mean() < 0.02
     assert np.mean(diffs < 0.005) > 0.95  # nearly all differ only by the ink-level rescale
+
+
+def test_fast_path_for_small_clean_images_gives_the_general_paths_output(mnist_images):
+    """to_mnist's shortcut for small images on a flat background (_small_flat_crop) against the general path
+    (ink_map + _crop, what every image went through before), bit for bit: real MNIST digits as they are,
+    inverted, cut off at the border, padded onto grey paper, with noise, faint, blank, and with a dark mark on
+    the border (which must leave the shortcut), and the example images shrunk to a small size."""
+    rng = np.random.default_rng(0)
+    greys = []
+    for x in mnist_images[:300]:
+        noisy = np.clip(x.astype(np.int16) + rng.integers(0, 3, x.shape), 0, 255).astype(np.uint8)
+        marked = 255 - x
+        marked[10:14, 0] = 0
+        variants = [x, 255 - x, x[2:-3, 1:], np.pad(255 - x, 6, constant_values=200), noisy, x // 64, marked]
+        greys += [to_grey(Image.fromarray(v)) for v in variants]
+    greys += [np.full((28, 28), 0.5, np.float32), np.zeros((5, 40), np.float32)]
+    for path in sorted(EXAMPLES.glob("*.png")):
+        image = Image.open(path)
+        image.thumbnail((48, 48))
+        greys.append(to_grey(image))
+    taken = 0
+    for grey in greys:
+        taken += _small_flat_crop(grey) is not None
+        assert to_mnist(grey).tobytes() == _to_mnist_general(grey).tobytes()
+    assert taken > len(greys) / 3  # the shortcut really was compared (the clean variants take it)
+
+
+@pytest.mark.parametrize("stage_pixels", [None, 5000])
+def test_preprocess_many_runs_stage_by_stage_with_the_same_results(mnist_images, stage_pixels, monkeypatch):
+    """preprocess_many (each stage over a group of images) against preprocess one image at a time: real MNIST
+    PNGs, the example photo, scan and drawing, and broken files in between, in one group and in many."""
+    if stage_pixels:
+        monkeypatch.setattr(preprocess_module, "STAGE_PIXELS", stage_pixels)
+    images: list = [encode(Image.fromarray(x), "PNG") for x in mnist_images[:200]]
+    for i, path in enumerate(sorted(EXAMPLES.glob("*.png"))):
+        images.insert(30 * i + 5, path)
+    images.insert(17, b"not an image")
+    images.insert(101, EXAMPLES / "missing.png")
+    digits, failures = preprocess_many(images)
+    assert [f is None for f in failures].count(False) == 2 and len(digits) == len(images) - 2
+    expected = iter(digits)
+    for image, failure in zip(images, failures, strict=True):
+        if failure is None:
+            assert next(expected).tobytes() == preprocess(image).tobytes()
+        else:
+            with pytest.raises(ImageError, match=re.escape(str(failure))):
+                preprocess(image)
+    with pytest.raises(ImageError, match="not an image"):  # errors="raise": the first bad image's error
+        preprocess_many(images, errors="raise")
 
 
 # -----------------------------------------------------------------------------

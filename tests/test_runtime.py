@@ -471,6 +471,7 @@ def test_large_batches_on_all_cores_give_the_same_answers(mnist_test, monkeypatc
     """threads=None runs batches >= PARALLEL_BATCH on a multi-thread session; results must not change."""
     if usable_cpus() < 2:
         pytest.skip("one usable CPU: there is no all-cores session to compare with")
+    monkeypatch.setattr(classifier_module, "PARALLEL_MIN_CPUS", 2)  # (the policy keeps 2-core machines on 1)
     digits = mnist_test[0][: classifier_module.PARALLEL_BATCH + 44].astype(np.float32) / 255
     auto, single = Classifier(), Classifier(threads=1)
     ran_with: list[int] = []  # intra-op threads of every session run from here on
@@ -486,6 +487,25 @@ def test_large_batches_on_all_cores_give_the_same_answers(mnist_test, monkeypatc
     for a, b in zip(auto_predictions, single.classify(digits), strict=True):
         assert a.label == b.label
         np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-6)
+
+
+def test_large_batches_stay_on_one_thread_below_parallel_min_cpus(mnist_test, monkeypatch):
+    """threads=None on a machine with fewer than PARALLEL_MIN_CPUS cores: even a large batch runs on the
+    one-thread session (a second thread was slower there, quiet or busy: benchmarks/threads.py)."""
+    monkeypatch.setattr(classifier_module, "PARALLEL_MIN_CPUS", usable_cpus() + 1)
+    digits = mnist_test[0][: classifier_module.PARALLEL_BATCH + 44].astype(np.float32) / 255
+    classifier = Classifier()
+    ran_with: list[int] = []
+    real_run = classifier_module.ort.InferenceSession.run
+
+    def run(session, *args, **kwargs):
+        ran_with.append(session.get_session_options().intra_op_num_threads)
+        return real_run(session, *args, **kwargs)
+
+    monkeypatch.setattr(classifier_module.ort.InferenceSession, "run", run)
+    labels = [p.label for p in classifier.classify(digits)]
+    assert ran_with == [1] and classifier._parallel is None
+    assert np.mean(np.array(labels) == mnist_test[1][: len(digits)]) > 0.95
 
 
 def test_rendered_font_digits(classifier):
