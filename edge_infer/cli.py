@@ -298,6 +298,11 @@ def _refuse_shadowing(save_dir: str, paths: list[str]) -> None:
             )
 
 
+def model_problem(model: str | None, error: ModelError) -> str:
+    """The one line for an unusable model: ModelError names no path, so --model's is added here."""
+    return f"--model {display(model)}: {error}" if model else str(error)
+
+
 def error_record(path: str, error: ImageError) -> dict[str, Any]:
     return {"path": display(path), "error": str(error)}
 
@@ -414,7 +419,7 @@ def run(paths: tuple[str, ...] | list[str], options: Options) -> None:
     try:
         classifier = Classifier(**options.classifier_options())
     except ModelError as error:  # its message names no path
-        _die(f"--model {display(options.model)}: {error}" if options.model else str(error))
+        _die(model_problem(options.model, error))
     if options.graph_file and classifier.model_bytes[4:8] == ORT_FORMAT_ID:  # before anything is done
         _die(
             f"--graph: {display(options.model or '')} is an ORT-format model, which can't be drawn; draw its .onnx twin"

@@ -101,7 +101,9 @@ def serve(options: ServeOptions) -> None:
             options.model, int8=options.int8, threads=options.threads, min_confidence=options.min_confidence
         )
     except ModelError as error:
-        fail(PROG, str(error))
+        from edge_infer.cli import model_problem
+
+        fail(PROG, model_problem(options.model, error))
     config = ServeConfig(
         max_body=max_body,
         max_images=options.max_images,
