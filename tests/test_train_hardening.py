@@ -29,7 +29,7 @@ from train.data import DataError, load_mnist  # noqa: E402
 from train.model import ModelConfig  # noqa: E402
 from train.trainer import PRESETS, RESUME_KEYS, Trainer, load_checkpoint  # noqa: E402
 
-from .conftest import ROOT, train_small  # noqa: E402
+from .conftest import ROOT, obey_permission_bits, train_small  # noqa: E402
 
 TINY = ["--limit-train", "600", "--hidden", "8", "--no-download", "--quiet"]
 OFFLINE = {
@@ -387,15 +387,6 @@ def test_full_disk_during_a_checkpoint_write_is_one_line(tmp_path, data_root):
     assert json.loads((out / "history.json").read_text()) == []
 
 
-def _without_root_override() -> None:
-    """Root writes anywhere: drop CAP_DAC_OVERRIDE from the bounding set, so that after exec the child's
-    root obeys permission bits like anyone (prctl PR_CAPBSET_DROP = 24, CAP_DAC_OVERRIDE = 1)."""
-    import ctypes
-
-    if ctypes.CDLL(None, use_errno=True).prctl(24, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP, CAP_DAC_OVERRIDE)")
-
-
 def test_read_only_out_fails_before_training(tmp_path, data_root):
     """A run directory that exists but cannot be written: refused at once (exit 2), not after an epoch."""
     out = tmp_path / "run"
@@ -409,7 +400,7 @@ def test_read_only_out_fails_before_training(tmp_path, data_root):
             capture_output=True,
             text=True,
             timeout=300,
-            preexec_fn=_without_root_override if os.geteuid() == 0 else None,
+            preexec_fn=obey_permission_bits,
         )
         line = one_line(result.stderr)
         assert result.returncode == 2 and "cannot write to the run directory" in line, line
