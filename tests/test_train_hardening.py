@@ -445,6 +445,44 @@ def test_failed_download_is_one_whole_line_and_leaves_no_folders(tmp_path):
     assert not data.exists() and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
+def test_the_training_line_says_its_mix_and_report_finds_the_runs_data_offline(tmp_path, data_root):
+    """`--limit-train 5000` printed "on 9000 images" (the synthetic twins and UNIPEN renderings unexplained);
+    `edge-train --report --out DIR` ignored the run's remembered --data-dir and tried to download MNIST."""
+    out = tmp_path / "run"
+    args = ["--limit-train", "5000", "--epochs", "1", "--hidden", "8", "--no-download", "--seed", "0"]
+    trained = subprocess.run(
+        [sys.executable, "-m", "train", *args, "--data-dir", str(data_root), "--out", str(out)],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert trained.returncode == 0, trained.stderr
+    line = next(line for line in trained.stdout.splitlines() if line.startswith("training "))
+    mix = re.search(
+        r" on ([\d,]+) images: ([\d,]+) MNIST \+ ([\d,]+) synthetic \+ ([\d,]+) UNIPEN "
+        r"\(([\d,]+) more MNIST held out for calibration\) \(cpu",
+        line,
+    )
+    assert mix, line
+    total, mnist, synthetic, unipen, held = (int(n.replace(",", "")) for n in mix.groups())
+    assert (mnist, synthetic, held) == (4500, 4500, 500) and unipen > 0 and total == mnist + synthetic + unipen
+    (out / "report.png").unlink()
+    report = subprocess.run(  # from another directory, offline, without --data-dir or --no-download
+        [sys.executable, "-m", "train", "--report", "--out", str(out)],
+        cwd=tmp_path,
+        env=child_env(**OFFLINE),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert report.returncode == 0, report.stderr
+    assert report.stdout.startswith(f"report: {out / 'report.png'} (MNIST test accuracy ") and (out / "report.png").exists()
+    assert not (tmp_path / "data").exists()
+
+
 # -- options, export ordering, NaN -----------------------------------------------------------------------------
 
 
