@@ -222,7 +222,8 @@ def _from_pil(image: Image.Image) -> Image.Image:
             # Pillow (13.0) memory-maps an uncompressed TIFF opened from a file name at its size after the EXIF
             # orientation, which for 5-8 (width and height swapped) scrambles the rows before it turns them:
             # without the file name it reads the file instead, as for a path or bytes given to us.
-            filename = getattr(image, "filename", "") if image.format == "TIFF" and image.tile else ""
+            unmapped = image.format == "TIFF" and bool(getattr(image, "tile", None))  # (not loaded yet)
+            filename = getattr(image, "filename", "") if unmapped else ""
             try:
                 if filename:
                     image.filename = ""  # type: ignore[attr-defined]

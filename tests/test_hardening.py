@@ -362,8 +362,10 @@ def test_a_strip_of_800_digits_is_refused_not_read_as_one_digit(tmp_path, mnist_
     Image.fromarray(strip).save(tmp_path / "strip.png")
     for args in (["--json"], ["--number"]):
         line = one_error_line(cli(*args, str(tmp_path / "strip.png")), 1)
-        assert line.endswith("strip.png: image too long and thin to read (20000x50; once over 512 px, a side may be "
-                             "at most 64 times the other): crop it into shorter pieces"), line
+        assert line.endswith(
+            "strip.png: image too long and thin to read (20000x50; once over 512 px, a side may be "
+            "at most 64 times the other): crop it into shorter pieces"
+        ), line
     assert json.loads(cli("--json", str(tmp_path / "strip.png")).stdout)["error"].startswith("image too long")
     with pytest.raises(ImageError, match="too long and thin"):
         load_image(strip)

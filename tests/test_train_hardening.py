@@ -479,7 +479,10 @@ def test_the_training_line_says_its_mix_and_report_finds_the_runs_data_offline(t
         timeout=300,
     )
     assert report.returncode == 0, report.stderr
-    assert report.stdout.startswith(f"report: {out / 'report.png'} (MNIST test accuracy ") and (out / "report.png").exists()
+    assert (
+        report.stdout.startswith(f"report: {out / 'report.png'} (MNIST test accuracy ")
+        and (out / "report.png").exists()
+    )
     assert not (tmp_path / "data").exists()
 
 
