@@ -315,11 +315,11 @@ class Trainer:
         self.progress = Progress()
 
     def mix_text(self) -> str:
-        """What the training set is made of, e.g. "9,000 images: 4,500 MNIST + 4,500 synthetic (500 more MNIST
-        held out for calibration)": the synthetic twins and UNIPEN renderings make it larger than --limit-train."""
+        """What the training set is made of, e.g. "9,000 images: 4,500 MNIST + 4,500 synthetic; 500 more MNIST
+        held out for calibration": the synthetic twins and UNIPEN renderings make it larger than --limit-train."""
         mix = self.mix
         parts = " + ".join(f"{mix[kind]:,} {kind}" for kind in ("MNIST", "synthetic", "UNIPEN") if mix[kind])
-        held = f" ({mix['held out']:,} more MNIST held out for calibration)" if mix["held out"] else ""
+        held = f"; {mix['held out']:,} more MNIST held out for calibration" if mix["held out"] else ""
         return f"{len(self.train_split):,} images: {parts}{held}"
 
     # -- checkpoints -------------------------------------------------------------------------------
