@@ -462,7 +462,7 @@ def test_the_training_line_says_its_mix_and_report_finds_the_runs_data_offline(t
     assert trained.returncode == 0, trained.stderr
     line = next(line for line in trained.stdout.splitlines() if line.startswith("training "))
     mix = re.search(
-        r" on ([\d,]+) images: ([\d,]+) MNIST \+ ([\d,]+) synthetic \+ ([\d,]+) UNIPEN "
+        r" on ([\d,]+) images: ([\d,]+) MNIST \+ ([\d,]+) synthetic \+ ([\d,]+) UNIPEN"
         r"; ([\d,]+) more MNIST held out for calibration \(cpu",
         line,
     )
