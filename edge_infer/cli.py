@@ -144,7 +144,8 @@ PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): a signal for this process 
 def _start_worker(parent: int) -> None:
     """A worker process's initializer: end with the parent, even one killed by SIGKILL (idle workers wait on a
     queue that then never closes: each would keep its ~65 MB). Linux: the kernel sends SIGTERM at the
-    parent's death; elsewhere a daemon thread looks at the parent pid every second."""
+    parent's death (strictly, when the thread that started the pool ends: the CLI's main thread); elsewhere
+    a daemon thread looks at the parent pid every second."""
     import signal
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
