@@ -101,7 +101,7 @@ def expand(paths: tuple[str, ...] | list[str]) -> Iterator[tuple[str, ImageError
         unreadable: list[OSError] = []  # subdirectories os.walk could not list: each is one failed input
         for root, dirs, files in os.walk(path, onerror=unreadable.append):
             found = found or bool(unreadable)
-            yield from _unreadable(unreadable)
+            yield from _unreadable(unreadable, path)
             dirs.sort()
             for name in sorted(files):
                 suffix = os.path.splitext(name)[1].lower()
@@ -115,15 +115,16 @@ def expand(paths: tuple[str, ...] | list[str]) -> Iterator[tuple[str, ImageError
                         ImageError(f"{suffix[1:].upper()} images are not supported; convert it to JPEG or PNG"),
                     )
         found = found or bool(unreadable)
-        yield from _unreadable(unreadable)
+        yield from _unreadable(unreadable, path)
         if not found:
             yield path, ImageError("directory holds no image files")
 
 
-def _unreadable(errors: list[OSError]) -> Iterator[tuple[str, ImageError]]:
+def _unreadable(errors: list[OSError], walked: str) -> Iterator[tuple[str, ImageError]]:
     """expand's report of the directories os.walk could not list (then forgets them)."""
     for error in errors:
-        yield os.fsdecode(error.filename), ImageError(f"cannot read the directory: {error.strerror or error}")
+        where = os.fsdecode(error.filename) if error.filename is not None else walked
+        yield where, ImageError(f"cannot read the directory: {error.strerror or error}")
     errors.clear()
 
 
