@@ -85,7 +85,7 @@ def display(path: str) -> str:
 
 def expand(paths: tuple[str, ...] | list[str]) -> Iterator[tuple[str, ImageError | None]]:
     """(path, error or None) for every input: files as given, directories walked recursively
-    (image files only, sorted), '-' for stdin."""
+    (image files only, sorted; a subdirectory that cannot be listed is an error), '-' for stdin."""
     for path in paths:
         if path == "-":
             yield path, None
@@ -98,7 +98,10 @@ def expand(paths: tuple[str, ...] | list[str]) -> Iterator[tuple[str, ImageError
             yield path, None  # a file, or not: reading it says which (one message for each problem)
             continue
         found = False
-        for root, dirs, files in os.walk(path):
+        unreadable: list[OSError] = []  # subdirectories os.walk could not list: each is one failed input
+        for root, dirs, files in os.walk(path, onerror=unreadable.append):
+            found = found or bool(unreadable)
+            yield from _unreadable(unreadable, path)
             dirs.sort()
             for name in sorted(files):
                 suffix = os.path.splitext(name)[1].lower()
@@ -111,8 +114,18 @@ def expand(paths: tuple[str, ...] | list[str]) -> Iterator[tuple[str, ImageError
                         os.path.join(root, name),
                         ImageError(f"{suffix[1:].upper()} images are not supported; convert it to JPEG or PNG"),
                     )
+        found = found or bool(unreadable)
+        yield from _unreadable(unreadable, path)
         if not found:
             yield path, ImageError("directory holds no image files")
+
+
+def _unreadable(errors: list[OSError], walked: str) -> Iterator[tuple[str, ImageError]]:
+    """expand's report of the directories os.walk could not list (then forgets them)."""
+    for error in errors:
+        where = os.fsdecode(error.filename) if error.filename is not None else walked
+        yield where, ImageError(f"cannot read the directory: {error.strerror or error}")
+    errors.clear()
 
 
 def _images(paths: list[str], stdin: bytes | None) -> list[ImageInput]:
@@ -124,6 +137,39 @@ def classify_chunk(
 ) -> list[Prediction | ImageError]:
     """A prediction or an ImageError for each path, with one session.run for them all."""
     return classifier.predict_many(_images(paths, stdin), errors="return")
+
+
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): a signal for this process when its parent dies
+
+
+def _start_worker(parent: int) -> None:
+    """A worker process's initializer: end with the parent, even one killed by SIGKILL (idle workers wait on a
+    queue that then never closes: each would keep its ~65 MB). Linux: the kernel sends SIGTERM at the
+    parent's death (strictly, when the thread that started the pool ends: the CLI's main thread); elsewhere
+    a daemon thread looks at the parent pid every second."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    asked = False
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            asked = ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            asked = False
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+    if not asked:
+        import threading
+        import time
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="edge-infer-parent-watch", daemon=True).start()
 
 
 def _preprocess_in_worker(paths: list[str]) -> tuple[np.ndarray, list[ImageError | None]]:
@@ -156,7 +202,9 @@ def _classify_in_workers(
     from concurrent.futures import Future, ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    pool = ProcessPoolExecutor(jobs, multiprocessing.get_context("fork"))
+    pool = ProcessPoolExecutor(
+        jobs, multiprocessing.get_context("fork"), initializer=_start_worker, initargs=(os.getpid(),)
+    )
     warned = False
     pending: deque[tuple[list[str], Future[tuple[np.ndarray, list[ImageError | None]]]]] = deque()
     upcoming = iter(chunks)

@@ -158,7 +158,7 @@ def _check_node(buf: bytes, node: Span, budget: _Budget, depth: int = 0) -> None
 def check_model_bytes(blob: bytes) -> None:
     """Raise NotOnnx or UnsafeModel (one line each) unless blob is an ONNX model of the kind edge-export
     writes. Bounded: raw tensor data is skipped, not parsed, and at most MAX_FIELDS protobuf fields are
-    visited (about a second; the bundled models have ~6,000); a metadata entry over MAX_METADATA_VALUE bytes
+    visited (about a second; the bundled models have 3,200-4,400); a metadata entry over MAX_METADATA_VALUE bytes
     is refused before onnxruntime turns it into Python strings."""
     buf = bytes(blob)
     graphs = 0

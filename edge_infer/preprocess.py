@@ -51,6 +51,9 @@ ImageInput = str | os.PathLike[str] | bytes | Image.Image | np.ndarray
 
 MAX_PIXELS = 40_000_000  # refuse anything larger before decoding: ~a 7000x6000 photo is already generous
 WORK_SIZE = 512  # longest side we compute on; a digit filling 1/8 of the frame keeps ~60 px
+# A larger image whose short side would be shrunk below this is refused (more than 64 times as long as high):
+# nothing in it could be read (an 800-digit 20000x50 strip would be 1 px high, and read as "no digit").
+MIN_WORK_SIDE = 8
 BOX, CANVAS = 20, 28  # MNIST: digit fits a 20x20 box inside a 28x28 field
 CENTRE = 14.0  # MNIST centre of mass, in pixel-index coordinates (measured: 14.0 +- 0.3)
 NOISE_SIGMAS = 3.5  # background residuals below this many sigmas are noise, not ink
@@ -197,6 +200,11 @@ def load_image(image: ImageInput) -> Image.Image:
     if img.mode == "F" and not np.isfinite(np.asarray(img)).all():
         raise ImageError("image contains NaN or infinite values")
     if max(img.size) > WORK_SIZE:
+        if min(img.size) * WORK_SIZE < MIN_WORK_SIDE * max(img.size):
+            raise ImageError(
+                f"image too long and thin to read ({img.width}x{img.height}; once over {WORK_SIZE} px, a side may "
+                f"be at most {WORK_SIZE // MIN_WORK_SIDE} times the other): crop it into shorter pieces"
+            )
         img = _shrink(img)
     return img
 
@@ -211,10 +219,19 @@ def _from_pil(image: Image.Image) -> Image.Image:
             frame = image.tell()
             if frame:
                 image.seek(0)
+            # Pillow (13.0) memory-maps an uncompressed TIFF opened from a file name at its size after the EXIF
+            # orientation, which for 5-8 (width and height swapped) scrambles the rows before it turns them:
+            # without the file name it reads the file instead, as for a path or bytes given to us.
+            unmapped = image.format == "TIFF" and bool(getattr(image, "tile", None))  # (not loaded yet)
+            filename = getattr(image, "filename", "") if unmapped else ""
             try:
+                if filename:
+                    image.filename = ""  # type: ignore[attr-defined]
                 image.load()  # lazily opened images may still be truncated
                 img = _orient(image, copy=True)
             finally:
+                if filename:
+                    image.filename = filename  # type: ignore[attr-defined]
                 if frame:
                     image.seek(frame)
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as e:

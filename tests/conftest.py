@@ -144,3 +144,16 @@ def bomb_png(tmp_path_factory) -> Path:
 def copy_file(source: Path, folder: Path, name: str | None = None) -> Path:
     """source copied into folder (as name): for tests that must not touch a shared fixture's file."""
     return Path(shutil.copy(source, folder / (name or source.name)))
+
+
+def obey_permission_bits() -> None:
+    """A subprocess's preexec_fn: root reads and writes anywhere; drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH
+    from the bounding set, so that after exec the child's root obeys permission bits like anyone (prctl
+    PR_CAPBSET_DROP = 24; the capabilities are 1 and 2). Nothing to do for other users."""
+    import ctypes
+
+    if os.geteuid() != 0:
+        return
+    for capability in (1, 2):
+        if ctypes.CDLL(None, use_errno=True).prctl(24, capability, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), f"prctl(PR_CAPBSET_DROP, {capability})")

@@ -22,7 +22,7 @@ from edge_infer import Classifier, ImageError, ModelError, Prediction, preproces
 from edge_infer.classifier import bundled_model_path, usable_cpus
 from edge_infer.preprocess import FORMAT_PLUGINS, MAX_PIXELS, load_image
 
-from .conftest import ROOT
+from .conftest import ROOT, obey_permission_bits
 from .test_runtime import cli, parse_lines
 
 SEVEN = ROOT / "examples" / "mnist-7.png"
@@ -326,6 +326,52 @@ def test_odd_paths_and_files_are_image_errors(tmp_path):
         load_image(tmp_path / "a")
 
 
+def test_an_unreadable_subdirectory_is_one_error_and_the_rest_are_classified(tmp_path):
+    """A subdirectory that cannot be listed was skipped in silence (exit 0); now it is one error line (exit
+    1), in its place, and the images around it are classified. Root obeys the permission bits here too."""
+    folder = tmp_path / "d"
+    for sub in ("a", "locked", "z"):
+        (folder / sub).mkdir(parents=True)
+        (folder / sub / "seven.png").write_bytes(SEVEN.read_bytes())
+    os.chmod(folder / "locked", 0)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "edge_infer", str(folder), str(folder / "locked")],
+            cwd=ROOT,
+            capture_output=True,
+            timeout=300,
+            preexec_fn=obey_permission_bits,
+        )
+    finally:
+        os.chmod(folder / "locked", 0o755)
+    assert result.returncode == 1 and "Traceback" not in result.stderr.decode()
+    unreadable = f"edge-infer: {folder / 'locked'}: cannot read the directory: Permission denied"
+    assert result.stderr.decode().splitlines() == [unreadable, unreadable]  # (the second: given by name)
+    assert list(parse_lines(result.stdout)) == [str(folder / "a" / "seven.png"), str(folder / "z" / "seven.png")]
+    assert {label for label, _ in parse_lines(result.stdout).values()} == {"7"}
+
+
+def test_a_strip_of_800_digits_is_refused_not_read_as_one_digit(tmp_path, mnist_test):
+    """A 20000x50 strip of 800 MNIST digits read as one confident digit, later as "no digit" (exit 0):
+    shrunk to the 512-pixel working size it is 1 px high. Now it is refused in one line, with and without
+    --number; a strip of 64 digit widths is still read."""
+    images = mnist_test[0]
+    strip = np.full((50, 20000), 255, np.uint8)
+    for k in range(800):
+        strip[12:37, 25 * k : 25 * k + 25] = 255 - np.asarray(Image.fromarray(images[k]).resize((25, 25)))
+    Image.fromarray(strip).save(tmp_path / "strip.png")
+    for args in (["--json"], ["--number"]):
+        line = one_error_line(cli(*args, str(tmp_path / "strip.png")), 1)
+        assert line.endswith(
+            "strip.png: image too long and thin to read (20000x50; once over 512 px, a side may be "
+            "at most 64 times the other): crop it into shorter pieces"
+        ), line
+    assert json.loads(cli("--json", str(tmp_path / "strip.png")).stdout)["error"].startswith("image too long")
+    with pytest.raises(ImageError, match="too long and thin"):
+        load_image(strip)
+    assert load_image(strip[:, : 64 * 50]).size == (512, 8)
+
+
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -377,15 +423,20 @@ INVERSE = {
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_exif_orientation_of_tiff_files_and_objects(orientation, tmp_path, classifier):
-    upright = Image.open(SEVEN).convert("L").resize((112, 112))
+    """A path, its bytes and the caller's PIL image of an uncompressed TIFF read alike. The digit is not
+    square: for 5-8 Pillow (13.0) memory-maps such a file opened by name with width and height swapped, and
+    the caller's image read as a confident 1."""
+    upright = Image.open(SEVEN).convert("L").resize((100, 160))
     stored = upright.transpose(INVERSE[orientation]) if orientation > 1 else upright
     path = tmp_path / f"o{orientation}.tif"
     stored.save(path, "TIFF", tiffinfo={0x0112: orientation})
     expected = preprocess(upright)
     np.testing.assert_allclose(preprocess(path), expected, atol=1e-5)
+    np.testing.assert_allclose(preprocess(path.read_bytes()), expected, atol=1e-5)
     with Image.open(path) as opened:
         np.testing.assert_allclose(preprocess(opened), expected, atol=1e-5)
-        assert classifier.predict(opened).label == 7
+    with Image.open(path) as opened:
+        assert classifier.predict(opened).label == 7 and opened.filename == str(path)
 
 
 def test_pil_image_at_a_later_frame_is_read_from_its_first(tmp_path, mnist_test, classifier):
@@ -524,6 +575,62 @@ def test_a_dead_worker_is_detected_and_its_images_retried(tmp_path, mnist_test):
     predicted = parse_lines(result.stdout)
     assert len(predicted) == 600
     assert np.mean([predicted[str(folder / f"{i:05d}.png")][0] == str(labels[i]) for i in range(600)]) > 0.95
+
+
+def _children(parent: int) -> list[int]:
+    """The processes whose parent is `parent` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if entry.isdigit() and int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                found.append(int(entry))
+    return found
+
+
+def _running(pid: int) -> bool:
+    """The process exists and has not ended (a zombie has ended; PID 1 of a container may never reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc")
+def test_workers_end_when_the_cli_is_killed(tmp_path, mnist_test):
+    """`edge-infer --jobs 2` SIGKILLed while its workers decode: they used to wait on, idle, for good (65 MB
+    each); now they end within seconds."""
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    encoded = []
+    for image in mnist_test[0][:100]:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, "PNG")
+        encoded.append(buffer.getvalue())
+    for i in range(6000):
+        (folder / f"{i:05d}.png").write_bytes(encoded[i % 100])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_infer", "--jobs", "2", str(folder)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        workers: list[int] = []
+        while len(workers) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+            workers = _children(proc.pid)
+        assert len(workers) == 2, "the workers were not seen"
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [pid for pid in workers if _running(pid)]
+    for pid in left:  # (only when the test fails: don't leave them behind)
+        os.kill(pid, 9)
+    assert not left, f"workers still running 10 s after their parent was killed: {left}"
 
 
 # --- fuzz: a Prediction or an ImageError, nothing else, in bounded time ----------------------------------------

@@ -29,7 +29,7 @@ from train.data import DataError, load_mnist  # noqa: E402
 from train.model import ModelConfig  # noqa: E402
 from train.trainer import PRESETS, RESUME_KEYS, Trainer, load_checkpoint  # noqa: E402
 
-from .conftest import ROOT, train_small  # noqa: E402
+from .conftest import ROOT, obey_permission_bits, train_small  # noqa: E402
 
 TINY = ["--limit-train", "600", "--hidden", "8", "--no-download", "--quiet"]
 OFFLINE = {
@@ -387,15 +387,6 @@ def test_full_disk_during_a_checkpoint_write_is_one_line(tmp_path, data_root):
     assert json.loads((out / "history.json").read_text()) == []
 
 
-def _without_root_override() -> None:
-    """Root writes anywhere: drop CAP_DAC_OVERRIDE from the bounding set, so that after exec the child's
-    root obeys permission bits like anyone (prctl PR_CAPBSET_DROP = 24, CAP_DAC_OVERRIDE = 1)."""
-    import ctypes
-
-    if ctypes.CDLL(None, use_errno=True).prctl(24, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP, CAP_DAC_OVERRIDE)")
-
-
 def test_read_only_out_fails_before_training(tmp_path, data_root):
     """A run directory that exists but cannot be written: refused at once (exit 2), not after an epoch."""
     out = tmp_path / "run"
@@ -409,7 +400,7 @@ def test_read_only_out_fails_before_training(tmp_path, data_root):
             capture_output=True,
             text=True,
             timeout=300,
-            preexec_fn=_without_root_override if os.geteuid() == 0 else None,
+            preexec_fn=obey_permission_bits,
         )
         line = one_line(result.stderr)
         assert result.returncode == 2 and "cannot write to the run directory" in line, line
@@ -452,6 +443,47 @@ def test_failed_download_is_one_whole_line_and_leaves_no_folders(tmp_path):
     assert "refused" in reason and reason.count("<") == reason.count(">"), reason  # the error, whole
     assert "point --data-dir at the folder that holds them" in line and "by hand" not in line
     assert not data.exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_the_training_line_says_its_mix_and_report_finds_the_runs_data_offline(tmp_path, data_root):
+    """`--limit-train 5000` printed "on 9000 images" (the synthetic twins and UNIPEN renderings unexplained);
+    `edge-train --report --out DIR` ignored the run's remembered --data-dir and tried to download MNIST."""
+    out = tmp_path / "run"
+    args = ["--limit-train", "5000", "--epochs", "1", "--hidden", "8", "--no-download", "--seed", "0"]
+    trained = subprocess.run(
+        [sys.executable, "-m", "train", *args, "--data-dir", str(data_root), "--out", str(out)],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert trained.returncode == 0, trained.stderr
+    line = next(line for line in trained.stdout.splitlines() if line.startswith("training "))
+    mix = re.search(
+        r" on ([\d,]+) images: ([\d,]+) MNIST \+ ([\d,]+) synthetic \+ ([\d,]+) UNIPEN"
+        r"; ([\d,]+) more MNIST held out for calibration \(cpu",
+        line,
+    )
+    assert mix, line
+    total, mnist, synthetic, unipen, held = (int(n.replace(",", "")) for n in mix.groups())
+    assert (mnist, synthetic, held) == (4500, 4500, 500) and unipen > 0 and total == mnist + synthetic + unipen
+    (out / "report.png").unlink()
+    report = subprocess.run(  # from another directory, offline, without --data-dir or --no-download
+        [sys.executable, "-m", "train", "--report", "--out", str(out)],
+        cwd=tmp_path,
+        env=child_env(**OFFLINE),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert report.returncode == 0, report.stderr
+    assert (
+        report.stdout.startswith(f"report: {out / 'report.png'} (MNIST test accuracy ")
+        and (out / "report.png").exists()
+    )
+    assert not (tmp_path / "data").exists()
 
 
 # -- options, export ordering, NaN -----------------------------------------------------------------------------

@@ -134,13 +134,13 @@ def _main(
     if (resume or report_only) and out_dir is None:
         _fail(f"--{'resume' if resume else 'report'} needs --out DIR (the run to continue or report on)")
     state = None
-    if resume:
+    if resume or report_only:
         try:
             state = load_checkpoint(out_dir / "checkpoint.pt")
         except ValueError as error:
             _fail(str(error))
         if data_dir is None and isinstance(state.get("data_dir"), str):
-            data_dir = Path(state["data_dir"])  # where the run found MNIST: resuming works offline as printed
+            data_dir = Path(state["data_dir"])  # where the run found MNIST: resuming and reports work offline
     data_dir = data_dir or Path("data")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -217,8 +217,8 @@ def _main(
 
     _check_writable(out_dir)
     log(
-        f"training {trainer.config.cell}-{trainer.config.hidden}x{trainer.config.layers} on {len(trainer.train_split)} "
-        f"images ({device}, --threads {trainer.threads}) into {out_dir}\nrecipe: "
+        f"training {trainer.config.cell}-{trainer.config.hidden}x{trainer.config.layers} on {trainer.mix_text()} "
+        f"({device}, --threads {trainer.threads}) into {out_dir}\nrecipe: "
         f"{recipe_text(trainer.recipe, trainer.config.cell)}"
     )
     if trainer.recipe.ema_decay:

@@ -176,14 +176,15 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def with_synthetic(
     train: Split, recipe: Recipe, seed: int, data_dir: str | Path | None = None
-) -> tuple[Split, Split | None]:
+) -> tuple[Split, Split | None, dict[str, int]]:
     """(what to train on, what to calibrate on). The last `calibration_images` MNIST images are held out;
     the rest get recipe.synthetic real-world-like twins each (train.synth), and the held-out ones a
     synthetic twin each; recipe.unipen renderings of each UNIPEN training writer's digits are added
     (train.unipen), and the calibration writers' digits drawn twice go to calibration: the temperature is
     fitted on MNIST-like, synthetic and real pen digits alike. On fewer than all 60,000 MNIST training images,
     UNIPEN is scaled down alike. UNIPEN is read from data_dir (DataError if it is not there; ValueError
-    without a data_dir)."""
+    without a data_dir). The third value: how many training images of each kind (MNIST, synthetic, UNIPEN)
+    and how many MNIST images were held out for calibration."""
     unipen = None
     if recipe.unipen > 0:  # read first: a missing file fails before minutes of drawing
         from train.unipen import load_unipen
@@ -194,12 +195,14 @@ def with_synthetic(
     holdout = min(recipe.calibration_images, len(train) // 10)
     fit = train.head(len(train) - holdout)
     calibration = Split(train.images[len(fit) :], train.labels[len(fit) :]) if holdout else None
+    mix = {"MNIST": len(fit), "synthetic": 0, "UNIPEN": 0, "held out": holdout}
     if recipe.synthetic > 0:
         from train.synth import build_pool
 
         fit = _concat(
             fit, build_pool(fit.images.numpy(), fit.labels.numpy(), _pool_spec(len(fit) * recipe.synthetic, seed))
         )
+        mix["synthetic"] = len(fit) - mix["MNIST"]
         if calibration is not None:
             calibration = _concat(
                 calibration,
@@ -212,9 +215,10 @@ def with_synthetic(
 
         scale = min(1.0, len(train) / MNIST_TRAIN_SIZE)
         fit = _concat(fit, build_unipen_pool(unipen.role("train"), recipe.unipen * scale, seed))
+        mix["UNIPEN"] = len(fit) - mix["MNIST"] - mix["synthetic"]
         if calibration is not None:
             calibration = _concat(calibration, build_unipen_pool(unipen.role("calibration"), 2.0 * scale, seed + 1))
-    return fit, calibration
+    return fit, calibration, mix
 
 
 def _pool_spec(total: float, seed: int):
@@ -300,7 +304,7 @@ class Trainer:
         self.log = log or (lambda line: None)
         self.progress_bar = progress_bar
         self.mnist_size = len(train)
-        self.train_split, self.calibration_split = with_synthetic(train, recipe, seed, data_dir)
+        self.train_split, self.calibration_split, self.mix = with_synthetic(train, recipe, seed, data_dir)
         self.calibration: dict = {}
         self.steps_per_epoch = math.ceil(len(self.train_split) / recipe.batch_size)
         torch.manual_seed(seed)
@@ -309,6 +313,14 @@ class Trainer:
         self.ema = copy.deepcopy(self.model) if recipe.ema_decay else None
         self.optimizer, self.scheduler = build_optimizer(self.model, recipe, self.steps_per_epoch)
         self.progress = Progress()
+
+    def mix_text(self) -> str:
+        """What the training set is made of, e.g. "9,000 images: 4,500 MNIST + 4,500 synthetic; 500 more MNIST
+        held out for calibration": the synthetic twins and UNIPEN renderings make it larger than --limit-train."""
+        mix = self.mix
+        parts = " + ".join(f"{mix[kind]:,} {kind}" for kind in ("MNIST", "synthetic", "UNIPEN") if mix[kind])
+        held = f"; {mix['held out']:,} more MNIST held out for calibration" if mix["held out"] else ""
+        return f"{len(self.train_split):,} images: {parts}{held}"
 
     # -- checkpoints -------------------------------------------------------------------------------
     @property
