@@ -48,7 +48,6 @@ from benchlib import add_common_args, machine_header, section, table
 from PIL import Image, ImageDraw, ImageFont
 
 from edge_infer.classifier import Classifier, bundled_model_path
-from train.calibrate import ece, error_at_coverage
 
 HELD_OUT = ("uci-writers", "fonts", "tablet", "postal")
 WRITERS_HELD_OUT = ("unipen-writers", "unipen-8-points")  # real writers never trained on; the training's renderer
@@ -254,6 +253,9 @@ def build_sets(
 
 
 def score(classifier: Classifier, items: list[tuple[bytes, int]] | tuple[np.ndarray, np.ndarray]) -> dict:
+    # imported here: train.calibrate needs torch, and the sets above must build without it (.ci/int8_images.py)
+    from train.calibrate import ece, error_at_coverage
+
     if isinstance(items, tuple):  # MNIST as arrays: already in MNIST form
         digits, labels = items[0].astype(np.float32) / 255.0, items[1]
         predictions = classifier.classify(digits)
