@@ -190,7 +190,7 @@ def measure(models: Exported, test: Split, quick: bool) -> tuple[str, list[str]]
         if batch == 1:
             calls.update(floor)
             # the library's own batch-1 call (Classifier.classify runs it): the same session through an IO binding
-            calls[("floor", "library")] = lambda x=rows_input: classifiers[("fp32", 1)]._run(x)
+            calls[("floor", "library")] = lambda x=rows_input, c=classifiers[("fp32", 1)]: c._run(x, c.session)
         with torch.inference_mode():
             samples = timed(
                 calls, reps=REPS[batch] // (10 if quick else 1), before=before, budget=BUDGET / (10 if quick else 1)
