@@ -28,7 +28,7 @@ import onnxruntime as ort  # noqa: E402
 from edge_infer.files import FileRefused, read_regular_file
 from edge_infer.model_check import NotOnnx, UnsafeModel, check_model_bytes
 from edge_infer.model_info import CLASSES, INPUT_NAME, OUTPUT_NAME, PIXELS, STEPS, ModelInfo, to_rows
-from edge_infer.preprocess import ImageError, ImageInput, preprocess, preprocess_many
+from edge_infer.preprocess import ImageError, ImageInput, as_image_error, preprocess, preprocess_many
 
 try:  # CPython's own sha256 (HACL*), not OpenSSL's: importing hashlib loads libcrypto, +3.6 MiB at start-up
     from _sha2 import sha256  # type: ignore[import-not-found]  # Python >= 3.12
@@ -433,13 +433,7 @@ def read_each(images: Iterable[ImageInput], read: Callable[[ImageInput], T], err
         except Exception as error:
             if errors == "raise":
                 raise
-            results.append(
-                error
-                if isinstance(error, ImageError)
-                else ImageError(
-                    f"unexpected {type(error).__name__} while reading the image: {_first_line(error)[:200]}"
-                )
-            )
+            results.append(as_image_error(error))
     return results
 
 

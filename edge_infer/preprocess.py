@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ImageError",
     "ImageInput",
+    "as_image_error",
     "MAX_FILE_BYTES",
     "MAX_PIXELS",
     "load_image",
@@ -579,7 +580,7 @@ def preprocess_many(
             pixels = 0
     _finish_group(group, results, errors)
     digits = [r for r in results if isinstance(r, np.ndarray)]
-    failures = [None if isinstance(r, np.ndarray) else _as_image_error(r) for r in results]
+    failures = [None if isinstance(r, np.ndarray) else as_image_error(r) for r in results]
     return (np.stack(digits) if digits else np.zeros((0, CANVAS, CANVAS), np.float32)), failures
 
 
@@ -607,7 +608,8 @@ def _finish_group(
     group.clear()
 
 
-def _as_image_error(error: Exception | None) -> ImageError:
+def as_image_error(error: Exception | None) -> ImageError:
+    """An unreadable image's exception as an ImageError (a decoder bug's too): one line, no path."""
     if isinstance(error, ImageError):
         return error
     text = str(error).strip()
