@@ -681,9 +681,10 @@ def _classify_within_limit(classifier: Classifier, source) -> None:
 
 
 @st.composite
-def mutated_images(draw) -> bytes:
-    data = bytearray(draw(st.sampled_from(SEEDS)))
-    for _ in range(draw(st.integers(0, 8))):  # overwrite bytes, headers included
+def mutated_bytes(draw, seeds: list[bytes]) -> bytes:
+    """One of seeds with bytes overwritten (headers, lengths, varints, field keys, names), cut, or spliced into."""
+    data = bytearray(draw(st.sampled_from(seeds)))
+    for _ in range(draw(st.integers(0, 8))):
         position = draw(st.integers(0, len(data) - 1))
         data[position] = draw(st.integers(0, 255))
     if draw(st.booleans()):  # cut
@@ -695,7 +696,7 @@ def mutated_images(draw) -> bytes:
 
 
 @FUZZ
-@given(mutated_images())
+@given(mutated_bytes(SEEDS))
 def test_fuzz_image_bytes(classifier, data):
     _classify_within_limit(classifier, data)
 

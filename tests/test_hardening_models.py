@@ -385,7 +385,7 @@ pytest.importorskip("hypothesis")
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from .test_hardening import FUZZ, FUZZ_SECONDS  # noqa: E402
+from .test_hardening import FUZZ, FUZZ_SECONDS, mutated_bytes  # noqa: E402
 
 MODEL_SEEDS = [bundled_model_path(False).read_bytes(), bundled_model_path(True).read_bytes()]
 
@@ -409,19 +409,6 @@ def _read_within_limit(blob: bytes) -> None:
     else:
         ElementTree.fromstring(to_svg(summarize(graph)))  # well-formed XML, whatever the names
     assert time.monotonic() - started < FUZZ_SECONDS
-
-
-@st.composite
-def mutated_models(draw) -> bytes:
-    data = bytearray(draw(st.sampled_from(MODEL_SEEDS)))
-    for _ in range(draw(st.integers(0, 8))):  # overwrite bytes: lengths, varints, field keys, names
-        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
-    if draw(st.booleans()):  # cut
-        data = data[: draw(st.integers(0, len(data)))]
-    if draw(st.booleans()):  # splice random bytes in
-        position = draw(st.integers(0, len(data)))
-        data[position:position] = draw(st.binary(max_size=64))
-    return bytes(data)
 
 
 def _encode(message: list) -> bytes:
@@ -455,7 +442,7 @@ _messages = st.recursive(
 
 
 @FUZZ
-@given(mutated_models())
+@given(mutated_bytes(MODEL_SEEDS))
 def test_fuzz_model_bytes(blob):
     _read_within_limit(blob)
 
