@@ -28,7 +28,7 @@ DEFAULT_OUT = ROOT / "bench-out"  # git-ignored
 if str(ROOT) not in sys.path:  # `python benchmarks/x.py` puts benchmarks/, not the root, on sys.path
     sys.path.insert(1, str(ROOT))
 
-from export.int8_exact import cpu_kind  # noqa: E402  (numpy only: the runtime-only benchmarks can use it)
+from export.int8_exact import cpu_kind  # noqa: E402  (no torch or onnx: the runtime-only benchmarks can use it)
 
 # -----------------------------------------------------------------------------
 # arguments

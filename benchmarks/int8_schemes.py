@@ -2,7 +2,7 @@
 
     python benchmarks/int8_schemes.py --checkpoint runs/bundled/checkpoint.pt [--data-dir ../shared/data]
 
-For each scheme the per-step MatMul form is quantized dynamically, as edge-export does, and measured on the
+For each scheme the per-step MatMul form is quantized by edge-export's own quantize_int8 and measured on the
 10,000 MNIST test images: accuracy against fp32, whether every int32 product onnxruntime computes on this
 CPU is exact (export.int8_exact, on 1,000 images: an inexact product is a kernel that saturates or rounds
 here and may not elsewhere), and speed at batch 1 and 1024 on one thread. The scheme edge-export uses is
@@ -12,7 +12,6 @@ marked; its targets: exact here, and within 0.3 points of fp32.
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,23 +28,11 @@ SCHEMES = [
 CHOSEN = "u8 x u8"
 
 
-def quantized(fp32_matmul, options: dict):
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    options = {**options, "weight_type": getattr(QuantType, options["weight_type"])}
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        onnx.save(fp32_matmul, src)
-        quantize_dynamic(src, dst, per_channel=True, extra_options={"MatMulConstBOnly": True}, **options)
-        return onnx.load(dst)
-
-
 def main() -> None:
     import onnxruntime as ort
 
     from export import int8_exact
-    from export.export import load_trained
+    from export.export import load_trained, quantize_int8
     from export.graph import build_graph
     from train.data import load_mnist
 
@@ -75,7 +62,7 @@ def main() -> None:
     rows, lines = [], []
     reps = 30 if args.quick else 300
     for name, options, what in SCHEMES:
-        model = quantized(fp32, options)
+        model = quantize_int8(fp32, **options)
         s = session(model)
         acc, pred = accuracy(s)
         products = int8_exact.check(int8_exact.instrument(model), to_rows(images[:1000]))

@@ -197,16 +197,24 @@ def integer_recurrent_ops(model: onnx.ModelProto) -> list[str]:
 WEIGHT_TYPE = "uint8 per-channel asymmetric"
 
 
-def quantize_int8(fp32_matmul: onnx.ModelProto) -> onnx.ModelProto:
-    """Dynamic quantization: uint8 per-channel weights, uint8 activations quantized per step at run time
-    (see WEIGHT_TYPE). Node and tensor names are shortened to keep the file small."""
+def quantize_int8(
+    fp32_matmul: onnx.ModelProto, weight_type: str = "QUInt8", reduce_range: bool = False
+) -> onnx.ModelProto:
+    """Dynamic quantization: per-channel weights (uint8 by default, see WEIGHT_TYPE; benchmarks/int8_schemes.py
+    tries the others), uint8 activations quantized per step at run time. Node and tensor names are shortened to
+    keep the file small."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory() as tmp, _quiet_root_logger():
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(fp32_matmul, src)
         quantize_dynamic(
-            src, dst, weight_type=QuantType.QUInt8, per_channel=True, extra_options={"MatMulConstBOnly": True}
+            src,
+            dst,
+            weight_type=getattr(QuantType, weight_type),
+            reduce_range=reduce_range,
+            per_channel=True,
+            extra_options={"MatMulConstBOnly": True},
         )
         model = onnx.load(dst)
     _shorten_names(model)

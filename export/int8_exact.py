@@ -8,9 +8,9 @@ module measures it instead of trusting it:
 
 1. `instrument(model)` (needs onnx): the same graph with each MatMulInteger's quantized activation, its zero
    point and its int32 result exposed as extra outputs, plus the weights those products use (`Probe`);
-2. `check(probe, rows)` (numpy and onnxruntime only, so it also runs on a device or under an emulator):
-   runs the probe through onnxruntime and recomputes every product exactly in numpy, from the activations
-   onnxruntime itself quantized; any difference is the kernel's.
+2. `check(probe, rows)` (a runtime-only install: numpy, onnxruntime, edge_infer; so it also runs on a
+   device or under an emulator): runs the probe through onnxruntime and recomputes every product exactly in
+   numpy, from the activations onnxruntime itself quantized; any difference is the kernel's.
 
     python -m export.int8_exact probe MODEL.onnx DIR              # DIR/probe.onnx + DIR/probe.npz (needs onnx)
     python -m export.int8_exact check DIR IMAGES.npy [LOGITS.npy]  # one line; exit 1 if a product is inexact
@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-# edge_infer.model_info's names; not imported, so that `check` runs with numpy and onnxruntime alone
-INPUT_NAME, OUTPUT_NAME = "rows", "logits"
+from edge_infer.model_info import INPUT_NAME, OUTPUT_NAME
+
 MIN_AGREEMENT = 0.999  # argmax agreement between two machines' int8 logits on the same images
 CHECK_BATCH = 500  # images per run: the exposed int32 results of every step are held at once
 
